@@ -1,0 +1,167 @@
+"""One pydantic configuration for the whole pipeline, with presets, loaded from YAML.
+
+A preset (``tiny`` for tests, ``demo`` for 2 CPU cores, ``full`` for GPU machines or a cluster)
+gives the defaults; a YAML file overrides any key. Unknown keys and bad values are refused with
+the key's dotted path and the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA, ProfileField, ProfileSchema
+from scaletot_features.taxonomy import DEFAULT_TAXONOMY, Taxonomy, load_taxonomy
+
+PresetName = Literal["tiny", "demo", "full"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and the reason."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GenerateConfig(_Section):
+    users: int = Field(20_000, ge=1, description="population size")
+    seed: int = 0
+    chunk_size: int = Field(200_000, ge=1, description="users per parquet part; bounds memory")
+    start_date: str = "2026-01-01"
+    signup_window_days: int = Field(60, ge=1, description="signups spread over this window")
+
+
+class DataConfig(_Section):
+    horizon_days: int = Field(30, ge=1, le=3650, description="label horizon after first-seen")
+    max_timestamp: str = "2100-01-01"
+    min_timestamp: str = "2000-01-01"
+    profile_fields: list[ProfileField] | None = Field(
+        None, description="your own profile fields; None = the default synthetic schema"
+    )
+
+
+class ValidationConfig(_Section):
+    null_rate_tolerance: float = Field(
+        0.10, ge=0, le=1, description="allowed absolute drift of a field's null rate"
+    )
+    expected_null_rates: dict[str, float] | None = Field(
+        None, description="field -> expected null rate; None = measured on the reference set"
+    )
+    stop_on_failure: bool = True
+    coverage_kl_max: float = Field(0.05, ge=0)
+
+
+class CoverageConfig(_Section):
+    fraction: float = Field(0.0732, gt=0, le=1)
+    strata: list[str] = Field(default_factory=lambda: ["acquisition_channel", "sparsity_bucket"])
+    seed: int = 0
+    max_users: int | None = Field(None, ge=1, description="cap on covered users (tiny runs)")
+
+
+class TeacherConfig(_Section):
+    backend: Literal["transformers", "vllm"] = "transformers"
+    model: str = Field("packaged", description="'packaged', 'tiny-random' or a local model folder")
+    scoring: Literal["label", "calibrated", "channel"] = "channel"
+    search: Literal["entropy", "greedy", "beam"] = "entropy"
+    tau: float = Field(0.7, ge=0, le=1, description="branch where normalised entropy > tau")
+    width: int = Field(2, ge=1, description="max live partial chains")
+    max_expansions: int = Field(12, ge=1, description="max scoring calls per user")
+    batch_size: int = Field(16, ge=1)
+    checkpoint_every: int = Field(32, ge=1, description="users per written part")
+
+
+class Settings(_Section):
+    preset: PresetName = "demo"
+    out_dir: Path = Path("runs/demo")
+    taxonomy_path: Path | None = None
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    coverage: CoverageConfig = Field(default_factory=CoverageConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+
+    def taxonomy(self) -> Taxonomy:
+        return DEFAULT_TAXONOMY if self.taxonomy_path is None else load_taxonomy(self.taxonomy_path)
+
+    def profile_schema(self) -> ProfileSchema:
+        if self.data.profile_fields is None:
+            return DEFAULT_PROFILE_SCHEMA
+        return ProfileSchema(fields=tuple(self.data.profile_fields))
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "out_dir": "runs/tiny",
+        "generate": {"users": 2_000, "chunk_size": 1_000},
+        "coverage": {"max_users": 24},
+        "teacher": {"max_expansions": 8, "checkpoint_every": 8},
+    },
+    "demo": {
+        "out_dir": "runs/demo",
+        "generate": {"users": 20_000, "chunk_size": 10_000},
+        "coverage": {"max_users": 400},
+    },
+    "full": {
+        "out_dir": "runs/full",
+        "generate": {"users": 10_000_000, "chunk_size": 500_000},
+        "teacher": {"backend": "vllm", "width": 3, "max_expansions": 24, "batch_size": 256},
+    },
+}
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _format_error(e: ValidationError, source: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        lines.append(f"{source}: {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def build_settings(preset: str = "demo", overrides: dict[str, Any] | None = None,
+                   source: str = "<overrides>") -> Settings:
+    if preset not in PRESETS:
+        raise ConfigError(f"{source}: preset: unknown preset {preset!r}; choose from {list(PRESETS)}")
+    raw = _deep_merge(PRESETS[preset], overrides or {})
+    raw["preset"] = preset
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from e
+
+
+def load_settings(path: str | Path | None = None, preset: str | None = None) -> Settings:
+    """Settings from a preset plus an optional YAML file (whose own ``preset`` key may choose)."""
+    overrides: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"{source}: cannot read: {e}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: <root>: expected a mapping of keys, got {type(loaded).__name__}")
+        overrides = loaded
+    chosen = preset or overrides.pop("preset", None) or "demo"
+    overrides.pop("preset", None)
+    return build_settings(chosen, overrides, source)

@@ -1,0 +1,174 @@
+"""Atomic parquet and JSON writing, and the on-disk layout every stage shares.
+
+Nothing is ever written in place: a file goes to a temporary name and is renamed, a directory is
+built beside its final name and renamed when complete. A crash leaves the old state or the new
+one, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Where a dataset directory keeps its tables (written by ``generate`` or ``ingest``)."""
+
+    root: Path
+
+    @property
+    def profiles(self) -> Path:
+        return self.root / "profiles"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events"
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "labels"
+
+    @property
+    def latent(self) -> Path:
+        """Latent truth of a synthetic population: evaluation only, no model may read it."""
+        return self.root / "latent"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def validation(self) -> Path:
+        return self.root / "validation"
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+@contextmanager
+def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a scratch directory that becomes ``final`` only if the block finishes."""
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} already exists (pass --overwrite to replace it)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(final)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        old = _tmp_sibling(final)
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+
+
+def write_parquet_atomic(table: pa.Table, path: Path, **kwargs: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        pq.write_table(table, tmp, **kwargs)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot write {type(o).__name__} as JSON")
+
+
+def write_json_atomic(obj: Any, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+class PartWriter:
+    """Writes a table as numbered parquet parts (``part-00000.parquet``, ...) in one directory.
+
+    Parts let a stage stream in bounded memory and let readers use any parquet engine
+    (pyarrow, DuckDB, Feast) on the directory.
+    """
+
+    def __init__(self, directory: Path, schema: pa.Schema, compression: str = "zstd"):
+        self.directory = Path(directory)
+        self.schema = schema
+        self.compression = compression
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.parts = 0
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        table = table.select(self.schema.names).cast(self.schema)
+        name = self.directory / f"part-{self.parts:05d}.parquet"
+        write_parquet_atomic(table, name, compression=self.compression)
+        self.parts += 1
+        self.rows += table.num_rows
+
+
+def parquet_files(path: Path) -> list[Path]:
+    """The parquet files of a table: the file itself, or a directory's parts in order."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
+    raise FileNotFoundError(f"no table at {path}")
+
+
+def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    files = parquet_files(path)
+    if not files:
+        raise FileNotFoundError(f"{path} holds no parquet parts")
+    return pads.dataset([str(f) for f in files], format="parquet").to_table(columns=columns)
+
+
+def iter_batches(
+    path: Path, batch_size: int = 65_536, columns: list[str] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Stream a table in record batches: memory bounded by ``batch_size``, not the table."""
+    files = parquet_files(path)
+    ds = pads.dataset([str(f) for f in files], format="parquet")
+    yield from ds.to_batches(columns=columns, batch_size=batch_size)
+
+
+def count_rows(path: Path) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path))
