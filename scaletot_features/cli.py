@@ -93,20 +93,27 @@ def ingest(
     from scaletot_features.data.ingest import IngestError
     from scaletot_features.data.ingest import ingest as run_ingest
 
+    import warnings
+
     s = _settings(config, preset)
     try:
-        manifest = run_ingest(
-            profiles,
-            events,
-            out,
-            schema=s.profile_schema(),
-            horizon_days=s.data.horizon_days,
-            min_timestamp=s.data.min_timestamp,
-            max_timestamp=s.data.max_timestamp,
-            overwrite=overwrite,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            manifest = run_ingest(
+                profiles,
+                events,
+                out,
+                schema=s.profile_schema(),
+                horizon_days=s.data.horizon_days,
+                min_timestamp=s.data.min_timestamp,
+                max_timestamp=s.data.max_timestamp,
+                overwrite=overwrite,
+                taxonomy=s.taxonomy(),
+            )
     except (IngestError, FileExistsError) as e:
         _fail(str(e))
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
     console.print(f"ingested {manifest['users']:,} users and {manifest['events']:,} events into {out}")
 
 
@@ -134,6 +141,43 @@ def validate(
 
 
 @app.command()
+def teach(
+    data_dir: Path = typer.Argument(..., help="Dataset directory (validated)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Discard earlier teacher output."),
+    model: Optional[str] = typer.Option(None, "--model", help="'packaged', 'tiny-random' or a folder."),
+    scoring: Optional[str] = typer.Option(None, "--scoring", help="label | calibrated | channel"),
+    search: Optional[str] = typer.Option(None, "--search", help="entropy | greedy | beam"),
+    config: Optional[Path] = ConfigOpt,
+    preset: Optional[str] = PresetOpt,
+) -> None:
+    """Teacher: select the coverage subset, then write ToT chains (checkpointed, resumable)."""
+    import shutil
+
+    from trainers.teach import teach as run_teach, teach_report, teacher_layout
+
+    s = _settings(config, preset)
+    for key, value in (("model", model), ("scoring", scoring), ("search", search)):
+        if value is not None:
+            try:
+                setattr(s.teacher, key, value)
+            except ValueError as e:
+                _fail(f"--{key}: {e.errors()[0]['msg'] if hasattr(e, 'errors') else e}")
+    if not (data_dir / "manifest.json").exists():
+        _fail(f"{data_dir} is not a dataset directory (no manifest.json); run generate or ingest")
+    if overwrite and teacher_layout(data_dir).root.exists():
+        shutil.rmtree(teacher_layout(data_dir).root)
+    try:
+        summary = run_teach(data_dir, s)
+    except (ValueError, RuntimeError) as e:
+        _fail(str(e))
+    console.print(
+        f"teacher: {summary.selected} covered users; {summary.written} chains written, "
+        f"{summary.failed} failed, {summary.skipped} already done ({summary.seconds:.1f} s)"
+    )
+    console.print(teach_report(data_dir))
+
+
+@app.command()
 def demo(
     config: Optional[Path] = ConfigOpt,
     preset: Optional[str] = PresetOpt,
@@ -151,3 +195,7 @@ def demo(
 
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
+
+
+if __name__ == "__main__":  # python -m scaletot_features.cli
+    main()

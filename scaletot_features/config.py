@@ -53,7 +53,12 @@ class ValidationConfig(_Section):
         None, description="field -> expected null rate; None = measured on the reference set"
     )
     stop_on_failure: bool = True
-    coverage_kl_max: float = Field(0.05, ge=0)
+    coverage_kl_max: float = Field(
+        0.05, ge=0, description="max KL(coverage subset || population) per field"
+    )
+    stop_on_coverage_drift: bool = Field(
+        False, description="stop `teach` when the subset drifts (small subsets drift by chance)"
+    )
 
 
 class CoverageConfig(_Section):

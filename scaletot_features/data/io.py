@@ -23,6 +23,13 @@ import pyarrow.parquet as pq
 
 SCHEMA_VERSION = 1
 
+EVENTS_SCHEMA = pa.schema([
+    pa.field("user_id", pa.int64(), nullable=False),
+    pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("value", pa.float64(), nullable=True),
+])
+"""The events table of a dataset directory, generated or ingested alike."""
+
 
 @dataclass(frozen=True)
 class DatasetLayout:

@@ -6,6 +6,7 @@ One function serves the synthetic generator and your-own-data ingest, so both de
 - first_seen = the earlier of the profile's ``event_timestamp`` and the user's first event;
 - ``lt{H}``: distinct active days d (d = whole days since first_seen) with 0 <= d < H;
 - ``revenue_{H}``: sum of event ``value`` (null counts as 0) within [first_seen, first_seen + H days);
+- the revenue sum is ordered, so parallel aggregation gives the same bits every run;
 - ``label_timestamp`` = first_seen + H days: when the label becomes known (for point-in-time joins).
 """
 
@@ -59,7 +60,7 @@ def derive_labels(profiles: pa.Table, events: pa.Table, horizon_days: int = 30) 
               AND e.timestamp < f.first_seen + INTERVAL {int(horizon_days)} DAY
         ),
         agg AS (
-            SELECT user_id, count(DISTINCT day)::INTEGER AS n_days, sum(value)::DOUBLE AS rev
+            SELECT user_id, count(DISTINCT day)::INTEGER AS n_days, sum(value ORDER BY value)::DOUBLE AS rev
             FROM win GROUP BY user_id
         )
         SELECT f.user_id, f.first_seen,

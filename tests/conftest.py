@@ -1,0 +1,33 @@
+"""Shared fixtures: one small synthetic population per test session, copied where tests mutate it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_population(tmp_path_factory) -> Path:
+    """2,000 synthetic users (the tiny preset's size): read-only, shared by the session."""
+    from scaletot_features.data.synthetic import generate_population
+
+    out = tmp_path_factory.mktemp("pop") / "data"
+    generate_population(out, users=2_000, seed=0, chunk_size=1_000, progress=False)
+    return out
+
+
+@pytest.fixture()
+def population_copy(tiny_population, tmp_path) -> Path:
+    """A private copy of the tiny population for tests that corrupt or extend it."""
+    dst = tmp_path / "data"
+    shutil.copytree(tiny_population, dst)
+    return dst
