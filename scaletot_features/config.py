@@ -80,6 +80,49 @@ class TeacherConfig(_Section):
     checkpoint_every: int = Field(32, ge=1, description="users per written part")
 
 
+class StudentConfig(_Section):
+    """SFT then OSIPO (DESIGN.md 4.6). Owned by trainers/sft.py and trainers/osipo_*.py."""
+
+    model: str = Field("packaged", description="base model: 'packaged', 'tiny-random' or a folder")
+    lora: bool = True
+    lora_r: int = Field(8, ge=1)
+    sft_epochs: float = Field(2.0, gt=0)
+    sft_max_steps: int = Field(-1, description="-1 = use epochs")
+    osipo_max_steps: int = Field(20, ge=0, description="0 skips OSIPO")
+    rollouts_per_profile: int = Field(4, ge=2, description="G chains sampled per profile")
+    beta: float = Field(0.1, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    batch_size: int = Field(4, ge=1)
+    max_length: int = Field(384, ge=32)
+    holdout_fraction: float = Field(0.2, ge=0, lt=1, description="covered users held out")
+    seed: int = 0
+
+
+class EncoderConfig(_Section):
+    """The distilled profile encoder (DESIGN.md 4.7). Owned by scaletot_features/encoder/."""
+
+    dim: int = Field(64, ge=2, description="reasoning embedding size")
+    hidden: int = Field(128, ge=8)
+    use_text_embedding: bool = Field(False, description="all-MiniLM-L6-v2 over text fields")
+    epochs: int = Field(60, ge=1)
+    patience: int = Field(8, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    batch_size: int = Field(256, ge=1)
+    embed_batch_size: int = Field(65_536, ge=1)
+    engine: Literal["local", "ray"] = "local"
+    seed: int = 0
+
+
+class LTVConfig(_Section):
+    """LTV models and the comparison (DESIGN.md 4.10). Owned by trainers/ltv.py."""
+
+    epochs: int = Field(40, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+    coverage_sweep: list[float] = Field(default_factory=lambda: [0.01, 0.03, 0.0732, 0.15, 0.30])
+
+
 class Settings(_Section):
     preset: PresetName = "demo"
     out_dir: Path = Path("runs/demo")
@@ -89,6 +132,9 @@ class Settings(_Section):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     coverage: CoverageConfig = Field(default_factory=CoverageConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    ltv: LTVConfig = Field(default_factory=LTVConfig)
 
     def taxonomy(self) -> Taxonomy:
         return DEFAULT_TAXONOMY if self.taxonomy_path is None else load_taxonomy(self.taxonomy_path)
@@ -105,6 +151,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "generate": {"users": 2_000, "chunk_size": 1_000},
         "coverage": {"max_users": 24},
         "teacher": {"max_expansions": 8, "checkpoint_every": 8},
+        "student": {"model": "tiny-random", "lora": False, "sft_max_steps": 4,
+                    "osipo_max_steps": 2, "rollouts_per_profile": 2, "max_length": 256},
+        "encoder": {"epochs": 10, "hidden": 32},
+        "ltv": {"epochs": 5, "seeds": [0]},
     },
     "demo": {
         "out_dir": "runs/demo",
@@ -115,6 +165,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "out_dir": "runs/full",
         "generate": {"users": 10_000_000, "chunk_size": 500_000},
         "teacher": {"backend": "vllm", "width": 3, "max_expansions": 24, "batch_size": 256},
+        "student": {"lora": False, "sft_epochs": 3, "osipo_max_steps": 500, "batch_size": 16,
+                    "rollouts_per_profile": 8},
+        "encoder": {"use_text_embedding": True, "hidden": 256, "epochs": 100},
     },
 }
 

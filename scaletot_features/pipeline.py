@@ -15,7 +15,6 @@ from scaletot_features.config import Settings
 from scaletot_features.data.io import DatasetLayout
 
 NEXT_STAGES = [
-    "teach (teacher LLM + entropy-guided ToT on the coverage subset)",
     "train-student (SFT, then OSIPO)",
     "distill (student -> profile encoder)",
     "embed (every user)",
@@ -52,6 +51,21 @@ def run_demo(settings: Settings, console: Console) -> int:
         if settings.validation.stop_on_failure:
             console.print("[red]the gate failed: later stages were not run[/]")
             return 1
+
+    from trainers.teach import teach, teach_report
+
+    tc = settings.teacher
+    console.print(f"teach: {tc.model} teacher, {tc.scoring} scoring, {tc.search} search "
+                  f"(tau={tc.tau}, width={tc.width}, max {tc.max_expansions} calls/user)")
+    summary = teach(layout.root, settings)
+    report = teach_report(layout.root)
+    console.print(f"  {report['chains']} chains ({summary.written} new, {summary.skipped} "
+                  f"already done), {report['failures']} failures; "
+                  f"{report.get('mean_scoring_calls', 0):.1f} scoring calls and "
+                  f"{report.get('mean_prompt_tokens', 0):.0f} tokens per user")
+    if report.get("coverage_drift_success") is False:
+        console.print("  [yellow]coverage subset drifts from the population "
+                      f"(see {layout.root / 'teacher' / 'coverage_drift.json'})[/]")
 
     console.rule(f"done in {time.perf_counter() - t0:.1f} s")
     console.print("Not yet implemented in this release; coming next, in order:")

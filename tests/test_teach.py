@@ -90,3 +90,29 @@ def test_teach_on_the_packaged_model_tiny_preset(population_copy):
     for text in chains.column("chain_text").to_pylist():
         parse_chain_values(text, s.taxonomy())
     print(f"packaged teacher, tiny preset: {chains.num_rows} users in {elapsed:.1f} s")
+
+
+def test_a_user_that_fails_is_recorded_and_the_run_goes_on(population_copy, tiny_model_dir):
+    """Fault injection into a real backend: the teach stage's failure handling is the subject."""
+    from scaletot_features.llm.hf import TransformersBackend
+    from trainers.teach import _profile_rows, select_and_check_coverage
+
+    s = _settings(scoring="channel", checkpoint_every=6)
+    covered = select_and_check_coverage(population_copy, s).column("user_id")
+    victim = _profile_rows(population_copy, covered)[3]
+    victim_text = s.profile_schema().to_text(victim)
+
+    class FailsForOneUser(TransformersBackend):
+        def score_pairs(self, prefixes, continuations):
+            if any(c.strip() == victim_text for c in continuations):
+                raise RuntimeError("device fault while scoring")
+            return super().score_pairs(prefixes, continuations)
+
+    summary = teach(population_copy, s, backend=FailsForOneUser("tiny-random"), progress=False)
+    failures = read_table(teacher_layout(population_copy).failures).to_pylist()
+    assert summary.failed == 1 and summary.written == covered.length() - 1
+    assert failures[0]["user_id"] == victim["user_id"]
+    assert "device fault" in failures[0]["reason"]
+    # A rerun does not retry recorded failures silently nor duplicate anyone.
+    again = teach(population_copy, s, progress=False)
+    assert again.written == 0

@@ -1,0 +1,1 @@
+"""Training stages: teacher curation, SFT, OSIPO, encoder distillation, LTV models."""
