@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=2)
     ap.add_argument("--tau", type=float, default=0.7)
     ap.add_argument("--modes", nargs="+", default=["label", "calibrated", "channel"])
-    ap.add_argument("--search-mode", default="channel", help="mode used to compare strategies")
+    ap.add_argument("--search-mode", default="calibrated", help="mode used to compare strategies")
     ap.add_argument("--batch", type=int, default=8, help="users searched together")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "teacher.json")
     args = ap.parse_args()
