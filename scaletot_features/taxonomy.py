@@ -102,8 +102,11 @@ class Taxonomy(BaseModel):
             raise TaxonomyError(f"unknown state type {name!r}; known: {self.type_names}") from None
 
     def fingerprint(self) -> str:
-        """A short content hash: artifacts record it so a changed taxonomy is detected."""
-        blob = json.dumps(self.model_dump(), sort_keys=True).encode()
+        """A short content hash: artifacts record it so a changed taxonomy is detected.
+
+        Keys are not sorted: the order of types and of values is part of the taxonomy (it is the
+        order of chain nodes and of per-value probability lists)."""
+        blob = json.dumps(self.model_dump()).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -43,3 +43,11 @@ def test_unknown_type_and_value_lookups_say_what_is_allowed():
         DEFAULT_TAXONOMY["mood"]
     with pytest.raises(TaxonomyError, match="allowed"):
         DEFAULT_TAXONOMY["life_stage"].index("astronaut")
+
+
+def test_fingerprint_sees_value_order():
+    raw = DEFAULT_TAXONOMY.model_dump()
+    first = raw["types"][0]
+    first["values"] = dict(reversed(list(first["values"].items())))
+    reordered = type(DEFAULT_TAXONOMY).model_validate(raw)
+    assert reordered.fingerprint() != DEFAULT_TAXONOMY.fingerprint()

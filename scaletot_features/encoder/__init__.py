@@ -1,0 +1,20 @@
+"""The distilled profile encoder (DESIGN.md 4.7): featuriser + network, artifact, batch embedding.
+
+Training lives in ``trainers/distill_encoder.py``; this package only reads what it wrote.
+"""
+
+from scaletot_features.encoder.artifact import (
+    EncoderManifestError,
+    check_compatible,
+    load_encoder,
+    read_manifest,
+    save_encoder,
+)
+from scaletot_features.encoder.embed import embed_population, feature_schema, features_dir
+from scaletot_features.encoder.model import Encoder, Featurizer, NetworkShape, ProfileEncoderNet
+
+__all__ = [
+    "Encoder", "EncoderManifestError", "Featurizer", "NetworkShape", "ProfileEncoderNet",
+    "check_compatible", "embed_population", "feature_schema", "features_dir", "load_encoder",
+    "read_manifest", "save_encoder",
+]
