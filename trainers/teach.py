@@ -193,6 +193,10 @@ def teach(
     if not todo_ids:
         return TeachSummary(len(selected), 0, 0, len(done), 0.0)
 
+    if tc.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(tc.torch_threads)
     backend = backend or make_backend(settings)
     scorer = NodeScorer(backend, taxonomy, tc.scoring)
     scorer.prime()
