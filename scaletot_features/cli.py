@@ -177,6 +177,30 @@ def teach(
     console.print(teach_report(data_dir))
 
 
+@app.command("train-student")
+def train_student(
+    data_dir: Path = typer.Argument(..., help="Dataset directory with teacher chains."),
+    stage: Optional[list[str]] = typer.Option(
+        None, "--stage", help="sft | osipo | infer (repeatable; default: all, in order)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo stages whose output exists."),
+    config: Optional[Path] = ConfigOpt,
+    preset: Optional[str] = PresetOpt,
+) -> None:
+    """Student: SFT on the teacher's chains, then OSIPO, then chains + representations."""
+    from trainers.student_stage import STAGES, train_student as run_student
+
+    s = _settings(config, preset)
+    try:
+        report = run_student(data_dir, s, stages=tuple(stage or STAGES), overwrite=overwrite)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    for name, summary in report.items():
+        if name == "invalidated":
+            continue
+        shown = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+        console.print(f"{name}: {shown}", highlight=False)
+
+
 @app.command()
 def distill(
     data_dir: Path = typer.Argument(..., help="Dataset directory with student (or teacher) chains."),

@@ -15,12 +15,16 @@ from scaletot_features.config import Settings
 from scaletot_features.data.io import DatasetLayout
 
 NEXT_STAGES = [
-    "train-student (SFT, then OSIPO)",
-    "distill (student -> profile encoder)",
-    "embed (every user)",
-    "features apply/materialize (Feast)",
-    "evaluate (ZILN LTV models, report)",
+    "evaluate (ZILN LTV models on Feast features, baselines, coverage sweep, report)",
 ]
+
+
+def _newer(output: Path, *inputs: Path) -> bool:
+    """True when ``output`` exists and was written after every existing input."""
+    if not output.exists():
+        return False
+    stamp = output.stat().st_mtime
+    return all(not i.exists() or i.stat().st_mtime <= stamp for i in inputs)
 
 
 def run_demo(settings: Settings, console: Console) -> int:
@@ -66,6 +70,42 @@ def run_demo(settings: Settings, console: Console) -> int:
     if report.get("coverage_drift_success") is False:
         console.print("  [yellow]coverage subset drifts from the population "
                       f"(see {layout.root / 'teacher' / 'coverage_drift.json'})[/]")
+
+    from trainers.student_stage import train_student
+
+    console.print(f"train-student: {settings.student.model} (SFT, OSIPO, inference)")
+    for name, summary in train_student(layout.root, settings).items():
+        if name != "invalidated":
+            console.print(f"  {name}: " + ("skipped" if "skipped" in summary else "done"))
+
+    from scaletot_features.encoder import embed_population
+    from trainers.distill_encoder import distill_encoder
+
+    encoder_manifest = layout.root / "encoder" / "manifest.json"
+    student_chains = layout.root / "student" / "chains"
+    if _newer(encoder_manifest, student_chains):
+        console.print("[dim]distill: encoder is current, skipped[/]")
+    else:
+        report = distill_encoder(layout.root, settings)
+        console.print(f"distill: encoder {report['model_version']} on {report['users']} users; "
+                      f"held-out {report['metrics'].get('test', {})}", highlight=False)
+    features = layout.root / "features" / "reasoning_features"
+    if _newer(features, encoder_manifest):
+        console.print("[dim]embed: features are current, skipped[/]")
+    else:
+        report = embed_population(layout.root, settings)
+        console.print(f"embed: {report['users']:,} users ({report['users_per_s']:,.0f} users/s)")
+
+    from scaletot_features.store.repo import apply_repo, materialize
+
+    online = layout.root / "feast" / "online_store.db"
+    if _newer(online, features):
+        console.print("[dim]features: online store is current, skipped[/]")
+    else:
+        repo = apply_repo(layout.root, settings)
+        report = materialize(layout.root, settings)
+        console.print(f"features: applied {repo}, materialized {report['rows']:,} rows "
+                      f"into {report['online_store']}")
 
     console.rule(f"done in {time.perf_counter() - t0:.1f} s")
     console.print("Not yet implemented in this release; coming next, in order:")

@@ -1,0 +1,609 @@
+"""The student's reasoning: chain tokens and segments, constrained decoding, representations.
+
+Used by the student trainers (SFT, OSIPO: ``trainers/``) and by student inference, which writes
+``DIR/student/chains/part-*.parquet`` (DESIGN.md 4.6, stage contract in docs):
+
+- **Segments.** A chain's text has one line per typed node; its tokens are split into one segment
+  per node by the characters they start at (:func:`chain_tokens`). A token belongs to the node
+  whose line (plus the newline that ends it) contains its first character, so every chain token
+  is in exactly one segment and no prompt token is in any.
+- **Constrained decoding** (:class:`ConstrainedDecoder`). Node by node, the model scores every
+  allowed value of the next type given the prompt and the chain so far (the sum of the value's
+  token log-probs), then commits the argmax (inference), a tempered sample (OSIPO rollouts) or a
+  given value (teacher forcing). The output is always a valid chain. The KV cache is kept across
+  nodes, so each node costs a few tokens, not a pass over the prompt: on a CPU this is what makes
+  rollouts affordable.
+- **Free generation** (``decode="free"``): the model writes the text itself and the strict parser
+  (:func:`scaletot_features.chain.parse_chain_values`) judges it; the invalid rate is counted.
+  It is slow on a CPU: use it on small samples.
+- **Representations**: the last layer's hidden states mean-pooled over the chain's tokens, and
+  over each node's line (the same rule as ``TransformersBackend.hidden_states`` with spans), taken
+  from the decoding pass itself (no second forward over the prompt).
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import inspect
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from scaletot_features.chain import (
+    ChainParseError, KEY_SEPARATOR, NODE_SEPARATOR, chain_text, parse_chain_values, segment_spans,
+)
+from scaletot_features.data.io import DatasetLayout, PartWriter, atomic_dir, read_table
+from scaletot_features.profile import ProfileSchema
+from scaletot_features.reasoning.prompts import student_prompt
+from scaletot_features.taxonomy import Taxonomy
+
+STUDENT_MANIFEST = "student.json"
+"""Written into every student model folder: stage, base model, training summary."""
+
+# ---- tokens and segments -------------------------------------------------------------------
+
+
+def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
+    """Prompt tokens with the tokenizer's own special tokens (as TRL and the backends do)."""
+    return list(tokenizer(prompt).input_ids)
+
+
+@dataclass(frozen=True)
+class ChainTokens:
+    """A chain's tokens (tokenised alone, no special tokens) and the segment of each token."""
+
+    ids: list[int]
+    segments: list[int]
+
+
+def chain_tokens(tokenizer: Any, text: str) -> ChainTokens:
+    """Tokenise chain text and give each token the node whose line holds its first character.
+
+    Line s covers ``[start_s, start_{s+1})``: its text and the newline that ends it.
+    """
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    starts = [s for s, _ in segment_spans(text)]
+    segs = [max(bisect.bisect_right(starts, a) - 1, 0) for a, _ in enc["offset_mapping"]]
+    return ChainTokens(list(enc["input_ids"]), segs)
+
+
+def segment_masks(prompt_len: int, chain: ChainTokens, n_segments: int) -> np.ndarray:
+    """Boolean (n_segments, prompt_len + len(chain.ids)) masks over the full sequence."""
+    masks = np.zeros((n_segments, prompt_len + len(chain.ids)), dtype=bool)
+    for j, s in enumerate(chain.segments):
+        masks[s, prompt_len + j] = True
+    return masks
+
+
+# ---- labels -> outcome buckets -> rewards ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutcomeBucket:
+    """How a realised label maps onto one state type's values (for the outcome reward).
+
+    The bucket index is the number of ``edges`` at or below the label value, so ``values`` has
+    ``len(edges) + 1`` entries in ascending order. ``positive_only``: users whose label is 0
+    say nothing about this type (no reward on it), e.g. spending power of non-payers.
+    """
+
+    type: str
+    label: str  # "lt30" (active days) or "revenue_30" (revenue)
+    edges: tuple[float, ...]
+    values: tuple[str, ...]
+    positive_only: bool = False
+
+    def bucket(self, x: float) -> str | None:
+        if self.positive_only and not x > 0:
+            return None
+        return self.values[bisect.bisect_right(list(self.edges), x)]
+
+
+DEFAULT_OUTCOME_BUCKETS: tuple[OutcomeBucket, ...] = (
+    # Thresholds fit the default taxonomy and 30-day labels; see trainers/osipo_config.py.
+    OutcomeBucket("retention_outlook", "lt30", (2.0, 5.0), ("churn_risk", "casual", "habitual")),
+    OutcomeBucket("monetization_propensity", "revenue_30", (1e-9, 10.0),
+                  ("none", "occasional", "frequent")),
+    OutcomeBucket("spending_power", "revenue_30", (5.0, 20.0), ("low", "medium", "high"),
+                  positive_only=True),
+)
+
+REWARD_INVALID = -1.0
+"""The outcome reward of an invalid chain: below any valid chain's (which lie in [0, 1])."""
+
+
+def node_agreement(taxonomy: Taxonomy, type_name: str, predicted: str, realised: str) -> float:
+    """1 for the realised bucket, falling linearly with the distance along the type's (ordered)
+    values to 0 at the far end: a near miss beats a far one, and ties between rollouts are rarer."""
+    names = taxonomy[type_name].value_names
+    return 1.0 - abs(names.index(predicted) - names.index(realised)) / (len(names) - 1)
+
+
+def outcome_reward(values: dict[str, str] | None, labels: dict[str, float], taxonomy: Taxonomy,
+                   buckets: Sequence[OutcomeBucket] = DEFAULT_OUTCOME_BUCKETS,
+                   invalid: float = REWARD_INVALID) -> float:
+    """Mean agreement of the outcome-bearing nodes with the realised buckets, in [0, 1].
+
+    ``values`` None (an invalid chain) gets ``invalid``. A user whose labels inform no bucket
+    gets 0.5 for every chain (so none of its pairs is used: they tie).
+    """
+    if values is None:
+        return invalid
+    scores = []
+    for b in buckets:
+        realised = b.bucket(float(labels[b.label]))
+        if realised is not None:
+            scores.append(node_agreement(taxonomy, b.type, values[b.type], realised))
+    return float(np.mean(scores)) if scores else 0.5
+
+
+# ---- the model behind a backend, PEFT wrapper or not ---------------------------------------
+
+
+def causal_lm(model: Any) -> Any:
+    """The ``*ForCausalLM`` inside a PEFT wrapper (LoRA layers stay injected), else the model."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _cache_kw(module: Any) -> str:
+    """transformers 5.24 calls the KV cache ``cache``; 5.20 (the GPU pins) ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def _out_cache(out: Any) -> Any:
+    return out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
+
+
+def _select_rows(cache: Any, index: torch.Tensor) -> Any:
+    """A new cache holding rows ``index`` of ``cache`` (which is left as it was)."""
+    new = copy.copy(cache)
+    new.layers = []
+    for layer in cache.layers:
+        lay = copy.copy(layer)
+        if getattr(layer, "is_initialized", True) and getattr(layer, "keys", None) is not None:
+            lay.keys = layer.keys.index_select(0, index)
+            lay.values = layer.values.index_select(0, index)
+        new.layers.append(lay)
+    return new
+
+
+# ---- constrained node-by-node decoding -----------------------------------------------------
+
+
+@dataclass
+class Decoded:
+    """Chains decoded for ``rows`` = prompts x samples (samples of one prompt are adjacent)."""
+
+    values: list[list[str]]
+    probs: np.ndarray  # (rows, S): the model's normalised probability of each chosen value
+    logps: np.ndarray  # (rows, S): log p(value tokens | prompt, chain so far)
+    representation: np.ndarray | None = None  # (rows, H): mean over all chain tokens
+    segment_representations: np.ndarray | None = None  # (rows, S, H): mean over each line
+
+    def texts(self, taxonomy: Taxonomy) -> list[str]:
+        return [chain_text(dict(zip(taxonomy.type_names, v))) for v in self.values]
+
+
+@dataclass
+class _State:
+    cache: Any
+    mask: torch.Tensor  # (rows, past): 1 for real tokens, 0 for padding holes
+    next_pos: torch.Tensor  # (rows,): position id of the next real token
+
+
+class ConstrainedDecoder:
+    """Decode typed chains node by node over each type's allowed values (always valid).
+
+    Node k appends ``"\\n<type>:"`` (no newline for the first) and scores ``" <value>"`` for every
+    allowed value as the sum of its token log-probs. One forward per node does both: each row's
+    new tokens (the previous node's chosen value, then the header) are followed by a block holding
+    every multi-token value's tokens but the last, under a custom attention mask (each value sees
+    the row's context and its own earlier tokens, nothing else; positions continue from the
+    header). The first value token is read off the header's last position, the others off the
+    block; the block is then cut from the KV cache. The chosen value is fed at the next node.
+    Rows are left-padded per step and the pads stay as masked holes in the cache, with explicit
+    position ids, so each row computes exactly what it would alone: tests compare with a plain
+    forward over prompt + chain, and with ``TransformersBackend.hidden_states``.
+
+    Needs a full-attention KV cache (Llama, SmolLM2, Qwen2, ...), not a sliding-window one.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, taxonomy: Taxonomy, batch_size: int = 16):
+        self.model = model
+        self.lm = causal_lm(model)
+        self.decoder = self.lm.get_decoder() if hasattr(self.lm, "get_decoder") else self.lm.model
+        self.head = self.lm.get_output_embeddings()
+        self.cache_kw = _cache_kw(self.decoder)
+        self.tokenizer = tokenizer
+        self.taxonomy = taxonomy
+        self.batch_size = batch_size
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
+            tokenizer.eos_token_id or 0)
+        self.headers: list[list[int]] = []
+        self.header_in_line: list[list[bool]] = []  # header tokens that overlap the node's line
+        self.candidates: list[list[list[int]]] = []
+        for k, t in enumerate(taxonomy.types):
+            text = (NODE_SEPARATOR if k else "") + t.name + KEY_SEPARATOR.rstrip()
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            lo = len(NODE_SEPARATOR) if k else 0
+            self.headers.append(list(enc["input_ids"]))
+            self.header_in_line.append([e > lo for _, e in enc["offset_mapping"]])
+            self.candidates.append(
+                [list(tokenizer(" " + v, add_special_tokens=False).input_ids) for v in t.value_names])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.lm.config.get_text_config().hidden_size)
+
+    @torch.no_grad()
+    def decode(
+        self,
+        prompts: Sequence[str],
+        samples: int = 1,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+        forced: Sequence[Sequence[str]] | None = None,
+        capture_hidden: bool = False,
+    ) -> Decoded:
+        """Chains for every prompt: ``samples`` per prompt (adjacent rows).
+
+        temperature 0 commits the most probable value; > 0 samples from the value distribution
+        tempered by it (``generator`` makes it reproducible); ``forced`` gives one value list per
+        row and only scores it. ``probs`` are always at temperature 1.
+        """
+        if forced is not None and len(forced) != len(prompts) * samples:
+            raise ValueError(f"forced needs one chain per row: {len(forced)} for {len(prompts) * samples}")
+        parts: list[Decoded] = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = list(prompts[start:start + self.batch_size])
+            f = None if forced is None else forced[start * samples:(start + len(chunk)) * samples]
+            parts.append(self._decode_batch(chunk, samples, temperature, generator, f, capture_hidden))
+        return _concat(parts, len(self.taxonomy.types), self.hidden_size)
+
+    # -- one forward: new tokens per row, then the candidate block
+
+    def _forward(self, rows: list[list[int]], block: list[list[int]], state: _State | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, _State]:
+        """Run left-padded ``rows`` then the shared candidate ``block`` on top of ``state``.
+
+        Returns the last hidden states (rows, width + block tokens, H), the row-token mask
+        (rows, width) and the new state, whose cache holds the row tokens but not the block.
+        """
+        dev = self.device
+        n, width = len(rows), max(map(len, rows))
+        flat = [tok for c in block for tok in c]
+        cand = torch.tensor([j for j, c in enumerate(block) for _ in c], device=dev, dtype=torch.long)
+        offs = torch.tensor([o for c in block for o in range(len(c))], device=dev, dtype=torch.long)
+        m = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=dev)
+        ids = torch.tensor([[self.pad_id] * (width - len(r)) + r + flat for r in rows], device=dev)
+        past = state.mask if state is not None else m.new_zeros(n, 0)
+        start = state.next_pos if state is not None else m.new_zeros(n)
+        pos_rows = start.unsqueeze(1) + (m.cumsum(1) - 1).clamp(min=0)
+        after = (start + m.sum(1)).unsqueeze(1)
+        pos = torch.cat([pos_rows, after + offs.unsqueeze(0).expand(n, -1)], dim=1)
+
+        nb = len(flat)
+        q = width + nb
+        real = m.bool()
+        allowed = torch.zeros(n, q, past.shape[1] + q, dtype=torch.bool, device=dev)
+        allowed[:, :, :past.shape[1]] = past.bool().unsqueeze(1)  # every query sees the real past
+        causal = torch.ones(width, width, dtype=torch.bool, device=dev).tril()
+        allowed[:, :width, past.shape[1]:past.shape[1] + width] = causal & real.unsqueeze(1)
+        diag = torch.arange(width, device=dev)  # a pad query sees itself: no empty softmax row
+        allowed[:, diag, past.shape[1] + diag] |= ~real
+        if nb:
+            allowed[:, width:, past.shape[1]:past.shape[1] + width] = real.unsqueeze(1)
+            same = (cand.unsqueeze(1) == cand.unsqueeze(0)) & (offs.unsqueeze(0) <= offs.unsqueeze(1))
+            allowed[:, width:, past.shape[1] + width:] = same
+        dtype = self.head.weight.dtype
+        mask4d = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(
+            ~allowed, torch.finfo(dtype).min).unsqueeze(1)
+        kwargs = {self.cache_kw: state.cache} if state is not None else {}
+        out = self.decoder(input_ids=ids, attention_mask=mask4d, position_ids=pos, use_cache=True,
+                           **kwargs)
+        cache = _out_cache(out)
+        if nb:
+            _truncate(cache, past.shape[1] + width)
+        return out.last_hidden_state, m, _State(cache, torch.cat([past, m], 1), start + m.sum(1))
+
+    def _logprobs(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.head(h).float(), dim=-1)
+
+    def _scores(self, k: int, h: torch.Tensor, width: int) -> torch.Tensor:
+        """log p(" <value>" | context) of every allowed value of node k, (rows, values), from
+        one forward's hidden states (header ends at column width - 1, block after it)."""
+        cands = self.candidates[k]
+        first = self._logprobs(h[:, width - 1])
+        scores = torch.stack([first[:, c[0]] for c in cands], dim=1)
+        col = width
+        extra = []
+        for j, c in enumerate(cands):
+            if len(c) > 1:  # block columns col .. col+len-2 hold c[:-1]; they predict c[1:]
+                lp = self._logprobs(h[:, col:col + len(c) - 1])
+                tgt = torch.tensor(c[1:], device=h.device)
+                extra.append((j, lp.gather(-1, tgt.expand(h.shape[0], -1).unsqueeze(-1)).sum((1, 2))))
+                col += len(c) - 1
+        for j, e in extra:
+            scores[:, j] += e
+        return scores
+
+    def _block(self, k: int) -> list[list[int]]:
+        return [c[:-1] for c in self.candidates[k] if len(c) > 1]
+
+    def _decode_batch(self, prompts: list[str], samples: int, temperature: float,
+                      generator: torch.Generator | None, forced: Sequence[Sequence[str]] | None,
+                      capture: bool) -> Decoded:
+        tax, dev = self.taxonomy, self.device
+        n_seg, rows = len(tax.types), len(prompts) * samples
+        hid = self.hidden_size
+        whole_sum = torch.zeros(rows, hid, device=dev)
+        whole_n = torch.zeros(rows, device=dev)
+        seg_sum = torch.zeros(rows, n_seg, hid, device=dev)
+        seg_n = torch.zeros(rows, n_seg, device=dev)
+
+        def pool(h: torch.Tensor, labels: list[list[int]]) -> None:
+            """Labels per row's tokens (left-padded to h's width): -2 prompt, -1 chain only,
+            s >= 0 line s."""
+            if not capture:
+                return
+            w = h.shape[1]
+            lab = torch.tensor([[-2] * (w - len(r)) + r for r in labels], device=dev)
+            chain = (lab >= -1).float()
+            whole_sum.add_((h * chain.unsqueeze(-1)).sum(1))
+            whole_n.add_(chain.sum(1))
+            for s in range(n_seg):
+                sel = (lab == s).float()
+                if sel.any():
+                    seg_sum[:, s].add_((h * sel.unsqueeze(-1)).sum(1))
+                    seg_n[:, s].add_(sel.sum(1))
+
+        # Prompt + first header (+ candidate block), once per prompt; then one state per sample.
+        pids = [encode_prompt(self.tokenizer, p) for p in prompts]
+        h, m, state = self._forward([p + self.headers[0] for p in pids], self._block(0), None)
+        width = m.shape[1]
+        rep = torch.arange(len(prompts), device=dev).repeat_interleave(samples)
+        h = h[rep]
+        state = _State(_select_rows(state.cache, rep), state.mask[rep], state.next_pos[rep])
+        line0 = [0 if inl else -1 for inl in self.header_in_line[0]]
+        pool(h[:, :width], [[-2] * len(pids[i]) + line0 for i in rep.tolist()])
+
+        values: list[list[str]] = [[] for _ in range(rows)]
+        probs = np.zeros((rows, n_seg))
+        logps = np.zeros((rows, n_seg))
+        ar = torch.arange(rows, device=dev)
+        for k, t in enumerate(tax.types):
+            scores = self._scores(k, h, width)
+            dist = torch.softmax(scores, dim=-1)
+            if forced is not None:
+                choice = torch.tensor([t.index(f[k]) for f in forced], device=dev)
+            elif temperature > 0:
+                tempered = torch.softmax(scores / temperature, dim=-1)
+                choice = torch.multinomial(tempered.cpu(), 1, generator=generator).squeeze(1).to(dev)
+            else:
+                choice = scores.argmax(dim=-1)
+            probs[:, k] = dist[ar, choice].double().cpu().numpy()
+            logps[:, k] = scores[ar, choice].double().cpu().numpy()
+            for i, c in enumerate(choice.tolist()):
+                values[i].append(t.value_names[c])
+            chosen = [self.candidates[k][c] for c in choice.tolist()]
+            if k + 1 < n_seg:  # the chosen value, then the next header and its candidates
+                header = self.headers[k + 1]
+                h, m, state = self._forward([c + header for c in chosen], self._block(k + 1), state)
+                width = m.shape[1]
+                hdr = [k + 1 if inl else -1 for inl in self.header_in_line[k + 1]]
+                pool(h[:, :width], [[k] * len(c) + hdr for c in chosen])
+            elif capture:  # the last value's own hidden states
+                h, m, state = self._forward(chosen, [], state)
+                pool(h, [[k] * len(c) for c in chosen])
+
+        out = Decoded(values, probs, logps)
+        if capture:
+            out.representation = (whole_sum / whole_n.unsqueeze(1)).cpu().numpy().astype(np.float32)
+            out.segment_representations = (seg_sum / seg_n.unsqueeze(-1)).cpu().numpy().astype(np.float32)
+        return out
+
+
+def _truncate(cache: Any, length: int) -> None:
+    """Keep the first ``length`` positions of every layer of a full-attention cache."""
+    for layer in cache.layers:
+        if getattr(layer, "is_sliding", False):
+            raise NotImplementedError("constrained decoding needs a full-attention KV cache; this "
+                                      "model uses a sliding-window one")
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            layer.keys = layer.keys[..., :length, :]
+            layer.values = layer.values[..., :length, :]
+
+
+def _concat(parts: list[Decoded], n_seg: int, hidden: int) -> Decoded:
+    if not parts:
+        return Decoded([], np.zeros((0, n_seg)), np.zeros((0, n_seg)))
+    out = Decoded([v for p in parts for v in p.values], np.concatenate([p.probs for p in parts]),
+                  np.concatenate([p.logps for p in parts]))
+    if parts[0].representation is not None:
+        out.representation = np.concatenate([p.representation for p in parts])
+        out.segment_representations = np.concatenate([p.segment_representations for p in parts])
+    return out
+
+
+# ---- student inference over users -----------------------------------------------------------
+
+
+def student_chain_schema(taxonomy: Taxonomy) -> pa.Schema:
+    """DIR/student/chains: one row per user (stage contract)."""
+    cols = [pa.field("user_id", pa.int64(), nullable=False), pa.field("chain_text", pa.string()),
+            pa.field("valid", pa.bool_()), pa.field("error", pa.string())]
+    for t in taxonomy.type_names:
+        cols += [pa.field(t, pa.string()), pa.field(f"{t}_prob", pa.float64())]
+    cols += [pa.field("representation", pa.list_(pa.float32())),
+             pa.field("segment_representations", pa.list_(pa.list_(pa.float32()))),
+             pa.field("provenance", pa.string()), pa.field("model_id", pa.string())]
+    return pa.schema(cols)
+
+
+def profile_texts(data_dir: Path, user_ids: Sequence[int], schema: ProfileSchema) -> dict[int, str]:
+    """user_id -> the profile as prompt text, for the requested users (an unknown id is an error)."""
+    profiles = read_table(DatasetLayout(Path(data_dir)).profiles)
+    rows = profiles.filter(pc.is_in(profiles.column("user_id"),
+                                    value_set=pa.array(list(user_ids), pa.int64()))).to_pylist()
+    out = {r["user_id"]: schema.to_text(r) for r in rows}
+    missing = [u for u in user_ids if u not in out]
+    if missing:
+        raise KeyError(f"{len(missing)} requested users have no profile, e.g. user_id={missing[0]}")
+    return out
+
+
+def student_model_id(model_dir: Path) -> str:
+    """Provenance of a student folder: its stage and the base model it was trained from."""
+    meta_path = Path(model_dir) / STUDENT_MANIFEST
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        return f"student-{meta.get('stage', '?')}({meta.get('base_model_id', '?')})"
+    return str(Path(model_dir).resolve())
+
+
+@dataclass
+class InferenceSummary:
+    users: int
+    valid: int
+    invalid_rate: float
+    seconds: float
+    users_per_s: float
+    decode: str
+    model_id: str
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def infer_table(backend: Any, texts: dict[int, str], taxonomy: Taxonomy, decode: str = "constrained",
+                batch_size: int = 16, max_new_tokens: int | None = None,
+                model_id: str | None = None, progress: bool = False) -> pa.Table:
+    """Student chains and representations for ``texts`` (user_id -> profile text), in that order.
+
+    ``backend`` is a :class:`~scaletot_features.llm.hf.TransformersBackend` (its model and
+    tokenizer are used directly). ``decode="constrained"`` (always valid) or ``"free"``: greedy
+    generation parsed strictly; an invalid chain has null values and representations and its
+    parser message in ``error``; a valid one gets probabilities and representations from a
+    teacher-forced constrained pass over the values it wrote.
+    """
+    if decode not in ("constrained", "free"):
+        raise ValueError(f"decode must be 'constrained' or 'free', got {decode!r}")
+    dec = ConstrainedDecoder(backend.model, backend.tokenizer, taxonomy, batch_size=batch_size)
+    ids = list(texts)
+    model_id = model_id or backend.model_id
+    records: list[dict] = []
+    for chunk in _progress_chunks(ids, batch_size, progress, f"student ({decode})"):
+        prompts = [student_prompt(texts[u], taxonomy) for u in chunk]
+        if decode == "constrained":
+            d = dec.decode(prompts, capture_hidden=True)
+            records += _records(chunk, d, [None] * len(chunk), taxonomy, model_id)
+            continue
+        n_new = max_new_tokens or _max_chain_tokens(dec) + 8
+        generated = backend.generate(prompts, max_new_tokens=n_new, temperature=0.0)
+        parsed: list[dict[str, str] | None] = []
+        errors: list[str | None] = []
+        for g in generated:
+            try:
+                parsed.append(parse_chain_values(g, taxonomy))
+                errors.append(None)
+            except ChainParseError as e:
+                parsed.append(None)
+                errors.append(str(e))
+        ok = [i for i, p in enumerate(parsed) if p is not None]
+        forced = dec.decode([prompts[i] for i in ok], forced=[list(parsed[i].values()) for i in ok],
+                            capture_hidden=True) if ok else None
+        recs: list[dict] = [{} for _ in chunk]
+        if forced is not None:
+            for r, i in zip(_records([chunk[i] for i in ok], forced, [None] * len(ok), taxonomy,
+                                     model_id), ok):
+                recs[i] = r
+        for i, (u, g, e) in enumerate(zip(chunk, generated, errors)):
+            if e is not None:
+                recs[i] = _invalid_record(u, g, e, taxonomy, model_id)
+        records += recs
+    return pa.Table.from_pylist(records, schema=student_chain_schema(taxonomy))
+
+
+def _records(users: list[int], d: Decoded, errors: list[str | None], taxonomy: Taxonomy,
+             model_id: str) -> list[dict]:
+    out = []
+    for i, u in enumerate(users):
+        vals = dict(zip(taxonomy.type_names, d.values[i]))
+        rec = {"user_id": u, "chain_text": chain_text(vals), "valid": True, "error": errors[i],
+               "provenance": "student", "model_id": model_id,
+               "representation": d.representation[i].tolist(),
+               "segment_representations": d.segment_representations[i].tolist()}
+        for k, t in enumerate(taxonomy.type_names):
+            rec[t] = vals[t]
+            rec[f"{t}_prob"] = float(d.probs[i, k])
+        out.append(rec)
+    return out
+
+
+def _invalid_record(user: int, text: str, error: str, taxonomy: Taxonomy, model_id: str) -> dict:
+    rec = {"user_id": user, "chain_text": text, "valid": False, "error": error,
+           "provenance": "student", "model_id": model_id, "representation": None,
+           "segment_representations": None}
+    for t in taxonomy.type_names:
+        rec[t] = None
+        rec[f"{t}_prob"] = None
+    return rec
+
+
+def _max_chain_tokens(dec: ConstrainedDecoder) -> int:
+    return sum(len(h) + max(map(len, c)) for h, c in zip(dec.headers, dec.candidates))
+
+
+def _progress_chunks(ids: list[int], size: int, enabled: bool, label: str) -> Iterator[list[int]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    cols = [TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*cols, disable=not enabled, transient=False) as bar:
+        task = bar.add_task(label, total=len(ids))
+        for start in range(0, len(ids), size):
+            yield ids[start:start + size]
+            bar.advance(task, min(size, len(ids) - start))
+
+
+def write_student_chains(data_dir: Path, model_dir: Path, user_ids: Sequence[int], taxonomy: Taxonomy,
+                         schema: ProfileSchema, out_dir: Path | None = None,
+                         decode: str = "constrained", batch_size: int = 16, part_rows: int = 256,
+                         overwrite: bool = False, progress: bool = True) -> InferenceSummary:
+    """Run the student in ``model_dir`` over ``user_ids`` and write ``out_dir`` (default
+    DIR/student/chains) as parquet parts, atomically: the folder appears whole or not at all."""
+    from scaletot_features.llm.hf import TransformersBackend
+
+    data_dir = Path(data_dir)
+    out_dir = Path(out_dir) if out_dir is not None else data_dir / "student" / "chains"
+    texts = profile_texts(data_dir, user_ids, schema)
+    texts = {u: texts[u] for u in user_ids}
+    backend = TransformersBackend(model_dir, batch_size=batch_size)
+    model_id = student_model_id(model_dir)
+    t0 = time.perf_counter()
+    valid = 0
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        writer = PartWriter(tmp, student_chain_schema(taxonomy))
+        ids = list(texts)
+        for start in range(0, max(len(ids), 1), part_rows):
+            part = {u: texts[u] for u in ids[start:start + part_rows]}
+            table = infer_table(backend, part, taxonomy, decode, batch_size, model_id=model_id,
+                                progress=progress)
+            valid += int(pc.sum(table.column("valid")).as_py() or 0)
+            writer.write(table)
+    seconds = time.perf_counter() - t0
+    n = len(texts)
+    return InferenceSummary(n, valid, 1 - valid / n if n else 0.0, seconds,
+                            n / seconds if seconds else 0.0, decode, model_id)

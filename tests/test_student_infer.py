@@ -1,0 +1,155 @@
+"""Student inference: constrained decoding is exact, chains and representations per user."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from scaletot_features.chain import ChainParseError, chain_text, parse_chain_values, segment_spans
+from scaletot_features.config import build_settings
+from scaletot_features.data.io import read_table
+from scaletot_features.reasoning.prompts import student_prompt
+from scaletot_features.reasoning.student import (
+    ConstrainedDecoder, chain_tokens, encode_prompt, student_chain_schema,
+)
+from scaletot_features.taxonomy import DEFAULT_TAXONOMY as TAX
+from trainers.student_stage import covered_user_ids, run_inference, student_paths, train_student
+from trainers.teach import teach
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models run faster on one thread (and the shared 2-vCPU machines punish two)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+PROFILES = ["age: 34\ndevice: iPhone 15 Pro\nacquisition channel: paid_social",
+            "(no profile information)",
+            "occupation: retired schoolteacher\ncity: Lyon\ninterests: gardening, opera, history"]
+
+
+@torch.no_grad()
+def _naive_value_logps(backend, prompt: str, values: list[str]) -> list[float]:
+    """log p(" <value>" tokens | prompt + chain so far), from one plain forward."""
+    text = chain_text(dict(zip(TAX.type_names, values)))
+    pids, chain = encode_prompt(backend.tokenizer, prompt), chain_tokens(backend.tokenizer, text)
+    ids = torch.tensor([pids + chain.ids])
+    lp = torch.log_softmax(backend.model(input_ids=ids).logits[0].float(), dim=-1)
+    enc = backend.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for start, end in segment_spans(text):
+        value_start = text.index(": ", start) + 1
+        out.append(sum(lp[len(pids) + j - 1, t].item() for j, (t, (a, b)) in
+                       enumerate(zip(chain.ids, enc["offset_mapping"])) if a >= value_start and b <= end))
+    return out
+
+
+def test_constrained_decoding_matches_a_plain_forward(tiny_backend):
+    rng = np.random.default_rng(0)
+    prompts = [student_prompt(p, TAX) for p in PROFILES]
+    forced = [[t.value_names[rng.integers(len(t.value_names))] for t in TAX.types] for _ in prompts]
+    dec = ConstrainedDecoder(tiny_backend.model, tiny_backend.tokenizer, TAX, batch_size=2)
+    d = dec.decode(prompts, forced=forced, capture_hidden=True)
+    assert d.values == forced
+    for i, p in enumerate(prompts):
+        assert np.allclose(d.logps[i], _naive_value_logps(tiny_backend, p, forced[i]), atol=1e-4)
+        text = chain_text(dict(zip(TAX.type_names, forced[i])))
+        whole = tiny_backend.hidden_states([p + text], [(len(p), len(p) + len(text))])[0]
+        assert np.allclose(d.representation[i], whole, atol=1e-4)
+        lines = tiny_backend.hidden_states([p + text] * len(TAX.types),
+                                           [(len(p) + a, len(p) + b) for a, b in segment_spans(text)])
+        assert np.allclose(d.segment_representations[i], lines, atol=1e-4)
+    # probs: each chosen value's share of the distribution over the allowed values
+    assert ((d.probs > 0) & (d.probs < 1)).all()
+
+
+def test_sampling_is_seeded_and_greedy_takes_the_most_probable_value(tiny_backend):
+    prompts = [student_prompt(p, TAX) for p in PROFILES]
+    dec = ConstrainedDecoder(tiny_backend.model, tiny_backend.tokenizer, TAX)
+    a = dec.decode(prompts, samples=4, temperature=1.0, generator=torch.Generator().manual_seed(5))
+    b = dec.decode(prompts, samples=4, temperature=1.0, generator=torch.Generator().manual_seed(5))
+    assert a.values == b.values and len(a.values) == 12
+    for v in a.values:
+        parse_chain_values(chain_text(dict(zip(TAX.type_names, v))), TAX)
+    greedy = dec.decode(prompts)
+    for i, v in enumerate(greedy.values[:1]):
+        for k, t in enumerate(TAX.types):  # no other value is more probable than the one taken
+            others = [[*v[:k], alt] + [t2.value_names[0] for t2 in TAX.types[k + 1:]]
+                      for alt in t.value_names]
+            scored = dec.decode([prompts[i]] * len(others), forced=others)
+            assert greedy.logps[i, k] >= scored.logps[:, k].max() - 1e-5
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_population, tmp_path_factory):
+    """The tiny population taught and run through every student stage (tiny preset)."""
+    data = tmp_path_factory.mktemp("student") / "data"
+    shutil.copytree(tiny_population, data)
+    s = build_settings("tiny", {"teacher": {"model": "tiny-random"}})
+    teach(data, s, progress=False)
+    report = train_student(data, s, progress=False)
+    return data, s, report
+
+
+def test_train_student_writes_every_stage_and_then_skips(trained):
+    data, s, report = trained
+    paths = student_paths(data)
+    for key in ("split", "sft", "osipo", "chains", "chains_summary"):
+        assert paths[key].exists(), key
+    assert report["sft"]["steps"] == s.student.sft_max_steps
+    assert report["osipo"]["steps"] == s.student.osipo_max_steps
+    assert report["sft"]["peak_rss_mb"] >= report["sft"]["start_rss_mb"] > 0
+    again = train_student(data, s, progress=False)
+    assert all("skipped" in again[k] for k in ("sft", "osipo", "infer"))
+
+
+def test_student_chains_one_valid_row_per_covered_user(trained, tiny_model_dir):
+    data, s, report = trained
+    table = read_table(student_paths(data)["chains"])
+    assert table.schema.equals(student_chain_schema(TAX))
+    ids = table.column("user_id").to_pylist()
+    assert sorted(ids) == covered_user_ids(data) and len(ids) == len(set(ids))
+    hidden = 64  # the tiny model's hidden size
+    for row in table.to_pylist():
+        assert row["valid"] and row["error"] is None and row["provenance"] == "student"
+        assert row["model_id"].startswith("student-osipo(")
+        values = parse_chain_values(row["chain_text"], TAX)
+        assert values == {t: row[t] for t in TAX.type_names}
+        assert all(0 < row[f"{t}_prob"] <= 1 for t in TAX.type_names)
+        assert len(row["representation"]) == hidden and np.isfinite(row["representation"]).all()
+        assert [len(x) for x in row["segment_representations"]] == [hidden] * len(TAX.types)
+    assert report["infer"]["invalid_rate"] == 0.0 and report["infer"]["users"] == len(ids)
+
+
+def test_free_generation_counts_invalid_chains(trained, tmp_path):
+    data, s, _ = trained
+    users = covered_user_ids(data)[:3]
+    out = tmp_path / "free"
+    summary = run_inference(data, s, user_ids=users, model_dir=student_paths(data)["sft"],
+                            decode="free", out_dir=out, progress=False)
+    table = pq.read_table(next(out.glob("part-*.parquet")))
+    assert table.column("user_id").to_pylist() == users
+    valid = table.column("valid").to_pylist()
+    assert summary["valid"] == sum(valid) and summary["invalid_rate"] == pytest.approx(1 - sum(valid) / 3)
+    for row in table.to_pylist():
+        if row["valid"]:
+            parse_chain_values(row["chain_text"], TAX)
+            assert len(row["representation"]) == 64
+        else:  # the random model's text: refused by the strict parser, with its reason
+            with pytest.raises(ChainParseError):
+                parse_chain_values(row["chain_text"], TAX)
+            assert row["error"] and row["representation"] is None
+            assert all(row[t] is None for t in TAX.type_names)
+
+
+def test_unknown_users_are_refused(trained, tmp_path):
+    data, s, _ = trained
+    with pytest.raises(KeyError, match="no profile"):
+        run_inference(data, s, user_ids=[10**12], out_dir=tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
