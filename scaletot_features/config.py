@@ -200,9 +200,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "generate": {"users": 20_000, "chunk_size": 10_000},
         "coverage": {"max_users": 120},
         # ~5 min on 2 CPU cores for 120 covered users (benchmarks/student.py): LoRA SFT, a few
-        # OSIPO steps, then constrained inference for every covered user.
-        "student": {"sft_max_steps": 16, "learning_rate": 1e-3, "osipo_max_steps": 6,
-                    "osipo_learning_rate": 2e-4, "infer_batch_size": 32, "torch_threads": 1},
+        # OSIPO steps (hot rollouts: the SFT student is near-deterministic, and tied rollouts
+        # give no pair), then constrained inference for every covered user.
+        "student": {"sft_max_steps": 16, "learning_rate": 1e-3, "osipo_max_steps": 5,
+                    "osipo_learning_rate": 5e-4, "osipo_batch_size": 8, "rollouts_per_profile": 6,
+                    "rollout_temperature": 3.0, "infer_batch_size": 32, "torch_threads": 1},
     },
     "full": {
         "out_dir": "runs/full",
