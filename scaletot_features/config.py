@@ -199,6 +199,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "out_dir": "runs/demo",
         "generate": {"users": 20_000, "chunk_size": 10_000},
         "coverage": {"max_users": 120},
+        "teacher": {"torch_threads": 1},
         # ~5 min on 2 CPU cores for 120 covered users (benchmarks/student.py): LoRA SFT, a few
         # OSIPO steps (hot rollouts: the SFT student is near-deterministic, and tied rollouts
         # give no pair), then constrained inference for every covered user.
