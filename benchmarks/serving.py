@@ -106,13 +106,9 @@ class Proc:
                                      start_new_session=True)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        from scaletot_features.store.server import stop_process_group
+
+        stop_process_group(self.proc)
         self._log.close()
 
 

@@ -8,7 +8,6 @@ for with a bound, and are always stopped by their process group id.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -59,13 +58,9 @@ class Server:
                            + self.log.read_text()[-3000:])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+        from scaletot_features.store.server import stop_process_group
+
+        stop_process_group(self.proc)
         self._log.close()
 
     def post(self, path: str, body: Any) -> requests.Response:

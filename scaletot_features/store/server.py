@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import signal
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,3 +292,15 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop a server started with ``start_new_session=True``: SIGTERM its group, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
