@@ -352,6 +352,22 @@ def list_stats(series: pd.Series) -> pd.DataFrame:
     return out
 
 
+def _list_column_checks(gxe: Any, column: str, length: int, expected: str) -> list[Any]:
+    """A list column exists, is never null, has ``length`` items and no NaN (via the helper
+    columns ``list_stats`` adds)."""
+    return [
+        gxe.ExpectColumnToExist(column=column, meta=_meta("column_exists", column, "the column exists")),
+        gxe.ExpectColumnValuesToNotBeNull(
+            column=f"{column}__len", meta=_meta("not_null", column, "no nulls")),
+        gxe.ExpectColumnValuesToBeBetween(
+            column=f"{column}__len", min_value=length, max_value=length,
+            meta=_meta("list_length", column, expected)),
+        gxe.ExpectColumnValuesToBeBetween(
+            column=f"{column}__nan_count", min_value=0, max_value=0,
+            meta=_meta("no_nan", column, "no NaN")),
+    ]
+
+
 def reasoning_feature_suite(
     taxonomy: Taxonomy,
     embedding_dim: int,
@@ -393,17 +409,8 @@ def reasoning_feature_suite(
             probs = f"{prefix}{t.name}_probs"
             list_columns.append(probs)
             k = len(t.value_names)
+            exps += _list_column_checks(gxe, probs, k, f"{k} probabilities per row")
             exps += [
-                gxe.ExpectColumnToExist(
-                    column=probs, meta=_meta("column_exists", probs, "the column exists")),
-                gxe.ExpectColumnValuesToNotBeNull(
-                    column=f"{probs}__len", meta=_meta("not_null", probs, "no nulls")),
-                gxe.ExpectColumnValuesToBeBetween(
-                    column=f"{probs}__len", min_value=k, max_value=k,
-                    meta=_meta("list_length", probs, f"{k} probabilities per row")),
-                gxe.ExpectColumnValuesToBeBetween(
-                    column=f"{probs}__nan_count", min_value=0, max_value=0,
-                    meta=_meta("no_nan", probs, "no NaN")),
                 gxe.ExpectColumnValuesToBeBetween(
                     column=f"{probs}__min", min_value=0, max_value=1,
                     meta=_meta("prob_range", probs, "probabilities in [0, 1]")),
@@ -417,16 +424,8 @@ def reasoning_feature_suite(
             ]
     list_columns.append(emb)
     lo, hi = norm_range
+    exps += _list_column_checks(gxe, emb, embedding_dim, f"{embedding_dim} dimensions")
     exps += [
-        gxe.ExpectColumnToExist(column=emb, meta=_meta("column_exists", emb, "the column exists")),
-        gxe.ExpectColumnValuesToNotBeNull(
-            column=f"{emb}__len", meta=_meta("not_null", emb, "no null embeddings")),
-        gxe.ExpectColumnValuesToBeBetween(
-            column=f"{emb}__len", min_value=embedding_dim, max_value=embedding_dim,
-            meta=_meta("list_length", emb, f"{embedding_dim} dimensions")),
-        gxe.ExpectColumnValuesToBeBetween(
-            column=f"{emb}__nan_count", min_value=0, max_value=0,
-            meta=_meta("no_nan", emb, "no NaN")),
         gxe.ExpectColumnValuesToBeBetween(
             column=f"{emb}__norm", min_value=lo, max_value=hi,
             meta=_meta("embedding_norm", emb, f"L2 norm in [{lo}, {hi}]")),
