@@ -321,6 +321,27 @@ def features_serve(
 
 
 @app.command()
+def evaluate(
+    data_dir: Path = typer.Argument(..., help="Dataset directory (the demo's, or your own)."),
+    config: Optional[Path] = ConfigOpt,
+    preset: Optional[str] = PresetOpt,
+) -> None:
+    """LTV comparison: ZILN models on Feast features (A profile, B sentence embedding,
+    C ScaleToT encoder, D LLM reasoning), the coverage sweep, costs, and a report with plots."""
+    from trainers.evaluate import EvaluationError, evaluate as run_evaluate
+    from trainers.report import print_tables
+
+    s = _settings(config, preset)
+    if not (data_dir / "manifest.json").exists():
+        _fail(f"{data_dir} is not a dataset directory (no manifest.json); run generate or ingest")
+    try:
+        results = run_evaluate(data_dir, s, console)
+    except (EvaluationError, FileNotFoundError) as e:
+        _fail(str(e))
+    print_tables(results, Console())
+
+
+@app.command()
 def demo(
     config: Optional[Path] = ConfigOpt,
     preset: Optional[str] = PresetOpt,

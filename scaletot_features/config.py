@@ -151,13 +151,32 @@ class EncoderConfig(_Section):
 
 
 class LTVConfig(_Section):
-    """LTV models and the comparison (DESIGN.md 4.10). Owned by trainers/ltv.py."""
+    """LTV models and the comparison (DESIGN.md 4.10). Owned by trainers/ltv.py and
+    trainers/evaluate.py."""
 
     epochs: int = Field(40, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    batch_size: int = Field(512, ge=1)
+    hidden: int = Field(64, ge=1)
+    patience: int = Field(6, ge=1, description="epochs without a better validation loss")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1,
+                             description="model seeds; every feature set is fitted once per seed")
     test_fraction: float = Field(0.3, gt=0, lt=1)
-    coverage_sweep: list[float] = Field(default_factory=lambda: [0.01, 0.03, 0.0732, 0.15, 0.30])
+    split_seed: int = 0
+    retained_threshold: int = Field(7, ge=1, description="retained = active days >= this")
+    low_activity: str = Field(
+        "first_day_sessions = 0",
+        description="SQL predicate over the profile columns that defines the low-activity slice")
+    coverage_sweep: list[float] = Field(
+        default_factory=lambda: [0.01, 0.03, 0.0732, 0.15, 0.30],
+        description="fractions of the population the student LLM reasons about for the encoder")
+    upper_bound_fraction: float = Field(
+        1.0, gt=0, le=1, description="(D) fraction of the population given LLM reasoning; below "
+        "1 the upper bound is compared on that sample only")
+    reasoning_chunk: int = Field(128, ge=1, description="users per checkpointed inference chunk")
+    oracle: bool = Field(True, description="add the latent-truth reference row when the data "
+                         "has DIR/latent (synthetic data only; not a method)")
+    torch_threads: int | None = Field(1, ge=1, description="torch threads for the small LTV nets")
 
 
 class Settings(_Section):
@@ -193,7 +212,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                     "osipo_max_steps": 2, "rollouts_per_profile": 2, "max_length": 256,
                     "torch_threads": 1},
         "encoder": {"epochs": 10, "hidden": 32},
-        "ltv": {"epochs": 5, "seeds": [0]},
+        "ltv": {"epochs": 5, "seeds": [0], "coverage_sweep": [0.006, 0.012, 0.024],
+                "upper_bound_fraction": 0.05, "reasoning_chunk": 32},
     },
     "demo": {
         "out_dir": "runs/demo",
@@ -206,6 +226,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "student": {"sft_max_steps": 16, "learning_rate": 1e-3, "osipo_max_steps": 5,
                     "osipo_learning_rate": 5e-4, "osipo_batch_size": 8, "rollouts_per_profile": 6,
                     "rollout_temperature": 3.0, "infer_batch_size": 32, "torch_threads": 1},
+        # The paper's sweep (1%..30% of the population) at this preset's scale: the default
+        # coverage here is 120 users (0.6%), the sweep brackets it, and the upper bound (D) is the
+        # student on 360 users (what 2 CPU cores do in about two minutes).
+        "ltv": {"coverage_sweep": [0.0015, 0.003, 0.006, 0.012, 0.018],
+                "upper_bound_fraction": 0.018},
     },
     "full": {
         "out_dir": "runs/full",

@@ -1,7 +1,7 @@
 """The demo: every stage in pipeline order, each skipped when its output is already there.
 
 It is a plain function over the stage functions, not a framework: read it top to bottom to see
-what the pipeline does. Stages that do not exist yet are named at the end as what comes next.
+what the pipeline does. It ends with the LTV comparison table and the report's path.
 """
 
 from __future__ import annotations
@@ -12,12 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from scaletot_features.config import Settings
-from scaletot_features.data.io import DatasetLayout
-
-NEXT_STAGES = [
-    "evaluate (ZILN LTV models on Feast features, baselines, coverage sweep, report)",
-]
-
+from scaletot_features.data.io import DatasetLayout, read_json
 
 def _newer(output: Path, *inputs: Path) -> bool:
     """True when ``output`` exists and was written after every existing input."""
@@ -107,8 +102,18 @@ def run_demo(settings: Settings, console: Console) -> int:
         console.print(f"features: applied {repo}, materialized {report['rows']:,} rows "
                       f"into {report['online_store']}")
 
+    from trainers.evaluate import RESULTS, eval_dir, evaluate
+    from trainers.report import print_tables
+
+    results_path = eval_dir(layout.root) / RESULTS
+    if _newer(results_path, online, features, layout.root / "student" / "chains"):
+        console.print("[dim]evaluate: results are current, skipped[/]")
+        results = read_json(results_path)
+    else:
+        console.print(f"evaluate: LTV models ({len(settings.ltv.seeds)} seeds) on Feast features, "
+                      "baselines, coverage sweep, report")
+        results = evaluate(layout.root, settings, console)
+
     console.rule(f"done in {time.perf_counter() - t0:.1f} s")
-    console.print("Not yet implemented in this release; coming next, in order:")
-    for stage in NEXT_STAGES:
-        console.print(f"  - {stage}")
+    print_tables(results, console)
     return 0

@@ -49,6 +49,8 @@ from scaletot_features.data.io import (
     iter_batches,
     read_json,
     read_table,
+    run_summary_path,
+    write_json_atomic,
     write_parquet_atomic,
 )
 from scaletot_features.encoder.artifact import save_encoder
@@ -463,7 +465,10 @@ def _distill(data_dir: Path, settings: Settings, tgt: pa.Table, info: dict[str, 
     with atomic_dir(folder, overwrite=True) as tmp:
         manifest = save_encoder(tmp, net, featurizer, taxonomy, projection,
                                 extra={"training": training})
-    return {"encoder": str(folder), "model_version": manifest["model_version"],
-            "users": int(tgt.num_rows), "seconds": time.perf_counter() - t0,
-            "provenance": info["provenance"], "split": training["split"],
-            "best_epoch": best_epoch, "epochs_run": len(history), "metrics": metrics}
+    summary = {"encoder": str(folder), "model_version": manifest["model_version"],
+               "users": int(tgt.num_rows), "seconds": time.perf_counter() - t0,
+               "provenance": info["provenance"], "split": training["split"],
+               "best_epoch": best_epoch, "epochs_run": len(history), "metrics": metrics}
+    # Wall time stays out of the manifest (reproducible); the evaluation's cost table reads it here.
+    write_json_atomic(summary, run_summary_path(folder))
+    return summary

@@ -151,6 +151,14 @@ class PartWriter:
         self.rows += table.num_rows
 
 
+def run_summary_path(output: Path) -> Path:
+    """Where a stage leaves the summary of the run that wrote ``output`` (wall time, counts):
+    a sibling ``<name>.summary.json``, outside the output so that readers of the output (Feast's
+    glob, manifests compared for reproducibility) never see it."""
+    output = Path(output)
+    return output.with_name(output.name + ".summary.json")
+
+
 def parquet_files(path: Path) -> list[Path]:
     """The parquet files of a table: the file itself, or a directory's parts in order."""
     path = Path(path)

@@ -43,6 +43,8 @@ from scaletot_features.data.io import (
     iter_batches,
     parquet_files,
     read_json,
+    run_summary_path,
+    write_json_atomic,
     write_parquet_atomic,
 )
 from scaletot_features.encoder.artifact import load_encoder
@@ -363,7 +365,9 @@ def embed_population(data_dir: Path | str, settings: Settings, engine: str | Non
             rows = embed_ray(folder, profiles, tmp, batch_size, schema, settings, progress)
         parts = len(parquet_files(tmp))
     seconds = time.perf_counter() - t0
-    return {"engine": engine, "users": rows, "parts": parts, "seconds": seconds,
-            "users_per_s": rows / seconds if seconds > 0 else float("inf"),
-            "model_version": manifest["model_version"], "dim": manifest["dim"],
-            "path": str(target), "encoder": str(folder)}
+    summary = {"engine": engine, "users": rows, "parts": parts, "seconds": seconds,
+               "users_per_s": rows / seconds if seconds > 0 else float("inf"),
+               "model_version": manifest["model_version"], "dim": manifest["dim"],
+               "path": str(target), "encoder": str(folder)}
+    write_json_atomic(summary, run_summary_path(target))
+    return summary

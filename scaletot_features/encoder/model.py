@@ -107,6 +107,23 @@ class Features:
     def rows(self) -> int:
         return int(self.categorical.shape[0])
 
+    def take(self, index: np.ndarray) -> "Features":
+        """The rows ``index`` (a minibatch) without featurising again: bags are re-sliced."""
+        idx = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        bag_ids, bag_offsets = [], []
+        for ids, offsets in zip(self.bag_ids, self.bag_offsets):
+            o = offsets.numpy()
+            lengths = np.diff(np.append(o, ids.shape[0]))[index]
+            starts = o[index]
+            new_offsets = np.zeros(len(index), dtype=np.int64)
+            np.cumsum(lengths[:-1], out=new_offsets[1:])
+            gather = np.repeat(starts - new_offsets, lengths) + np.arange(int(lengths.sum()))
+            bag_ids.append(ids[torch.from_numpy(gather)])
+            bag_offsets.append(torch.from_numpy(new_offsets))
+        return Features(self.categorical[idx], self.numeric[idx], bag_ids, bag_offsets,
+                        [e[idx] for e in self.bag_empty],
+                        None if self.text is None else self.text[idx])
+
     def to(self, device: torch.device | str) -> "Features":
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         return Features(
@@ -201,14 +218,16 @@ class TextEmbedder:
         enc = pc.dictionary_encode(pc.filter(col, pa.array(present)))
         uniques: list[str] = enc.dictionary.to_pylist()
         todo = [u for u in uniques if u not in self._cache]
+        fresh: dict[str, np.ndarray] = {}
         if todo:
             vecs = self._load().encode(todo, batch_size=128, convert_to_numpy=True,
                                        show_progress_bar=False)
-            for u, v in zip(todo, vecs):
-                self._cache[u] = np.asarray(v, dtype=np.float32)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        table = np.stack([self._cache[u] for u in uniques])
+            fresh = {u: np.asarray(v, dtype=np.float32) for u, v in zip(todo, vecs)}
+        # this batch's vectors come from ``fresh`` first: the cache may evict them below
+        table = np.stack([fresh[u] if u in fresh else self._cache[u] for u in uniques])
+        self._cache.update(fresh)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
         out[present] = table[enc.indices.to_numpy(zero_copy_only=False)]
         return out
 
@@ -364,12 +383,15 @@ class NetworkShape:
     dropout: float = 0.1
 
     @classmethod
-    def for_featurizer(cls, featurizer: Featurizer, taxonomy: Taxonomy, **sizes: Any) -> "NetworkShape":
+    def for_featurizer(cls, featurizer: Featurizer, taxonomy: Taxonomy | None,
+                       **sizes: Any) -> "NetworkShape":
+        """``taxonomy`` None: no state head (the LTV models reuse the field inputs only)."""
         return cls(categorical_sizes=[f.size for f in featurizer.categorical],
                    numeric_fields=len(featurizer.numeric),
                    bag_sizes=[f.size for f in featurizer.bags],
                    text_fields=len(featurizer.texts),
-                   type_sizes=[len(t.value_names) for t in taxonomy.types], **sizes)
+                   type_sizes=[len(t.value_names) for t in taxonomy.types] if taxonomy else [],
+                   **sizes)
 
     @property
     def input_dim(self) -> int:
@@ -386,8 +408,12 @@ class NetworkShape:
         return 2 * macs
 
 
-class ProfileEncoderNet(nn.Module):
-    """Field embeddings -> MLP -> (reasoning embedding [n, dim], state logits [n, sum K])."""
+class FieldInputs(nn.Module):
+    """Per-field embeddings of a :class:`Features` batch, concatenated (``shape.input_dim``).
+
+    The encoder and the LTV models (``trainers/ltv.py``) read profiles the same way: both
+    subclass this and put their own layers on top.
+    """
 
     categorical_offsets: torch.Tensor
 
@@ -404,14 +430,8 @@ class ProfileEncoderNet(nn.Module):
         self.bag_missing = nn.Parameter(torch.randn(len(shape.bag_sizes), shape.bag_dim) * 0.1)
         self.text_proj = (nn.Linear(shape.text_fields * TEXT_MODEL_DIM, shape.text_proj_dim)
                           if shape.text_fields else None)
-        self.trunk = nn.Sequential(
-            nn.Linear(shape.input_dim, shape.hidden), nn.ReLU(), nn.Dropout(shape.dropout),
-            nn.Linear(shape.hidden, shape.hidden), nn.ReLU(), nn.Dropout(shape.dropout),
-        )
-        self.embedding_head = nn.Linear(shape.hidden, shape.dim)
-        self.state_head = nn.Linear(shape.hidden, sum(shape.type_sizes))
 
-    def forward(self, x: Features) -> tuple[torch.Tensor, torch.Tensor]:
+    def field_vector(self, x: Features) -> torch.Tensor:
         n = x.rows
         parts = []
         if self.shape.categorical_sizes:
@@ -424,7 +444,23 @@ class ProfileEncoderNet(nn.Module):
         if self.text_proj is not None:
             assert x.text is not None
             parts.append(self.text_proj(x.text))
-        h = self.trunk(torch.cat(parts, dim=1))
+        return torch.cat(parts, dim=1)
+
+
+class ProfileEncoderNet(FieldInputs):
+    """Field embeddings -> MLP -> (reasoning embedding [n, dim], state logits [n, sum K])."""
+
+    def __init__(self, shape: NetworkShape) -> None:
+        super().__init__(shape)
+        self.trunk = nn.Sequential(
+            nn.Linear(shape.input_dim, shape.hidden), nn.ReLU(), nn.Dropout(shape.dropout),
+            nn.Linear(shape.hidden, shape.hidden), nn.ReLU(), nn.Dropout(shape.dropout),
+        )
+        self.embedding_head = nn.Linear(shape.hidden, shape.dim)
+        self.state_head = nn.Linear(shape.hidden, sum(shape.type_sizes))
+
+    def forward(self, x: Features) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(self.field_vector(x))
         return self.embedding_head(h), self.state_head(h)
 
 

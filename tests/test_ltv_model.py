@@ -1,0 +1,151 @@
+"""The LTV model (trainers/ltv.py) and the comparison's pure pieces (trainers/evaluate.py).
+
+The model is fitted on the real tiny synthetic population (its profiles and labels); nothing is
+mocked. The end-to-end comparison through Feast runs in tests/test_cli.py (the tiny demo).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from scaletot_features.data.io import read_table
+from scaletot_features.encoder.model import Featurizer
+from scaletot_features.ltv.metrics import normalized_gini
+from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA
+from trainers.evaluate import (
+    EvaluationError,
+    aggregate,
+    low_activity_mask,
+    one_hot_states,
+    reasoning_order,
+    split_test,
+)
+from trainers.ltv import LTVModel
+
+
+@pytest.fixture(scope="module")
+def frame(tiny_population):
+    profiles = read_table(tiny_population / "profiles")
+    labels = read_table(tiny_population / "labels")
+    assert profiles.column("user_id").equals(labels.column("user_id"))
+    return profiles, labels.column("revenue_30").to_numpy(), labels.column("lt30").to_numpy()
+
+
+def _fit(frame, seed=0, dense=None, epochs=8):
+    profiles, rev, act = frame
+    n = profiles.num_rows
+    train = np.arange(n) % 4 != 0
+    idx = np.flatnonzero(train)
+    torch.set_num_threads(1)
+    model = LTVModel(DEFAULT_PROFILE_SCHEMA, epochs=epochs, seed=seed, batch_size=256)
+    fitted = model.fit(profiles.take(pa.array(idx)), rev[idx], act[idx],
+                       None if dense is None else dense[idx])
+    test = np.flatnonzero(~train)
+    return fitted, model.predict(profiles.take(pa.array(test)),
+                                 None if dense is None else dense[test]), test
+
+
+def test_fit_returns_self_and_predictions_are_in_range(frame):
+    model, pred, test = _fit(frame)
+    assert isinstance(model, LTVModel) and model.best_epoch_ >= 1 and model.history_
+    assert np.all(pred.revenue >= 0) and np.all((pred.payer_prob >= 0) & (pred.payer_prob <= 1))
+    assert np.all((pred.active >= 0) & (pred.active <= 30))
+    assert np.all((pred.retained_prob >= 0) & (pred.retained_prob <= 1))
+    # the profile carries signal (first-day sessions, channel): the model ranks better than chance
+    _, rev, act = frame
+    assert normalized_gini(act[test], pred.active) > 0.3
+    assert normalized_gini(rev[test], pred.revenue) > 0.1
+
+
+def test_same_seed_same_model_and_another_seed_differs(frame):
+    _, a, _ = _fit(frame, seed=3, epochs=3)
+    _, b, _ = _fit(frame, seed=3, epochs=3)
+    _, c, _ = _fit(frame, seed=4, epochs=3)
+    np.testing.assert_array_equal(a.revenue, b.revenue)
+    assert not np.allclose(a.revenue, c.revenue)
+
+
+def test_dense_features_are_used_and_checked(frame):
+    profiles, rev, act = frame
+    # a dense column that IS the outcome: the model must exploit it
+    leak = np.stack([np.log1p(rev), act.astype(float)], axis=1)
+    _, pred, test = _fit(frame, dense=leak)
+    assert normalized_gini(act[test], pred.active) > 0.9
+    model = LTVModel(DEFAULT_PROFILE_SCHEMA, epochs=1).fit(profiles, rev, act, leak)
+    with pytest.raises(ValueError, match="shape"):
+        model.predict(profiles, leak[:, :1])
+    bad = leak.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model.predict(profiles, bad)
+    with pytest.raises(ValueError, match="one value per profile row"):
+        LTVModel(DEFAULT_PROFILE_SCHEMA).fit(profiles, rev[:-1], act)
+
+
+def test_features_take_equals_transforming_the_rows(frame):
+    profiles, _, _ = frame
+    fz = Featurizer.fit(profiles, DEFAULT_PROFILE_SCHEMA)
+    idx = np.array([5, 0, 17, 17, 1999, 3])
+    a = fz.transform(profiles).take(idx)
+    b = fz.transform(profiles.take(pa.array(idx)))
+    assert torch.equal(a.categorical, b.categorical) and torch.equal(a.numeric, b.numeric)
+    for x, y in zip(a.bag_ids + a.bag_offsets + a.bag_empty, b.bag_ids + b.bag_offsets + b.bag_empty):
+        assert torch.equal(x, y)
+
+
+def test_split_never_tests_a_covered_user_and_is_order_free():
+    ids = np.arange(1000, 3000)
+    covered = ids[::7]
+    test = split_test(ids, covered, 0.3, 0)
+    assert not test[np.isin(ids, covered)].any()
+    assert 0.2 < test.mean() < 0.3
+    perm = np.random.default_rng(0).permutation(len(ids))
+    np.testing.assert_array_equal(split_test(ids[perm], covered, 0.3, 0), test[perm])
+
+
+def test_reasoning_order_puts_covered_first_and_nests():
+    ids = np.arange(500)
+    covered = np.array([7, 300, 42])
+    order = reasoning_order(ids, covered, 0)
+    assert set(order[:3]) == set(covered) and sorted(order) == list(ids)
+    np.testing.assert_array_equal(reasoning_order(ids[::-1], covered, 0), order)
+
+
+def test_low_activity_predicate_and_its_error():
+    t = pa.table({"first_day_sessions": [0.0, 2.0, None], "age": [20.0, None, 40.0]})
+    np.testing.assert_array_equal(low_activity_mask(t, "first_day_sessions = 0"),
+                                  [True, False, False])
+    with pytest.raises(EvaluationError, match="ltv.low_activity 'no_such_field = 1'"):
+        low_activity_mask(t, "no_such_field = 1")
+
+
+def test_one_hot_states_unknown_and_missing_are_zero():
+    from scaletot_features.taxonomy import DEFAULT_TAXONOMY
+
+    first = DEFAULT_TAXONOMY.types[0]
+    cols = {t.name: [t.value_names[0], None, "not-a-value"] for t in DEFAULT_TAXONOMY.types}
+    m = one_hot_states(pa.table(cols), DEFAULT_TAXONOMY)
+    assert m.shape == (3, sum(len(t.value_names) for t in DEFAULT_TAXONOMY.types))
+    assert m[0].sum() == len(DEFAULT_TAXONOMY.types) and m[1].sum() == 0 and m[2].sum() == 0
+    assert m[0, 0] == 1 and first.value_names[0] == cols[first.name][0]
+
+
+def _run(set_key, seed, gini):
+    metrics = {s: {t: {"n": 10, "positive_rate": 0.1, "gini": gini, "spearman": 0.0, "auc": 0.5,
+                       "decile_mape": 0.1} for t in ("revenue", "active")}
+               for s in ("all", "low_activity")}
+    return {"block": "main", "set": set_key, "label": set_key, "seed": seed, "train_users": 7,
+            "metrics": metrics}
+
+
+def test_aggregate_mean_std_and_paired_uplift():
+    runs = [_run("A", 0, 0.40), _run("A", 1, 0.50), _run("C", 0, 0.45), _run("C", 1, 0.53)]
+    rows = {r["set"]: r for r in aggregate(runs)}
+    assert rows["A"]["all.revenue.gini"] == pytest.approx(0.45)
+    assert rows["A"]["all.revenue.gini.std"] == pytest.approx(np.std([0.4, 0.5], ddof=1))
+    assert rows["C"]["all.revenue.gini.uplift"] == pytest.approx(0.04)
+    assert rows["C"]["all.revenue.gini.uplift_std"] == pytest.approx(np.std([0.05, 0.03], ddof=1))
+    assert rows["A"]["all.revenue.gini.uplift"] == pytest.approx(0.0)

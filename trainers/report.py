@@ -1,0 +1,279 @@
+"""The evaluation report: Markdown tables and PNG plots from ``DIR/eval/results.json``.
+
+Every number here is read from the results the comparison wrote; nothing is recomputed except
+the gain curves, from the saved test predictions. ``console_tables`` is what the demo prints.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+from rich.console import Console
+from rich.table import Table
+
+from scaletot_features.data.io import read_table
+from scaletot_features.ltv.metrics import gain_curve
+
+COLUMNS: list[tuple[str, str]] = [  # (summary key without slice, header)
+    ("revenue.gini", "revenue Gini"),
+    ("revenue.auc", "payer AUC"),
+    ("revenue.spearman", "revenue Spearman"),
+    ("revenue.decile_mape", "revenue decile MAPE"),
+    ("active.gini", "lt30 Gini"),
+    ("active.auc", "retained AUC"),
+]
+HEADLINE = [("all", "revenue.gini"), ("low_activity", "revenue.gini"), ("all", "revenue.auc"),
+            ("all", "active.gini"), ("low_activity", "active.gini"), ("all", "active.auc")]
+
+
+def _fmt(mean: float, std: float | None = None, signed: bool = False) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return text if not std else f"{text} ± {std:.3f}"
+
+
+def _rows(results: dict[str, Any], block: str) -> list[dict[str, Any]]:
+    return [r for r in results["summary"] if r["block"] == block]
+
+
+def _cell(r: dict[str, Any], key: str, uplift: bool = False) -> str:
+    if uplift:
+        if f"{key}.uplift" not in r or r["set"] == "A":
+            return "-"
+        return _fmt(r[f"{key}.uplift"], r[f"{key}.uplift_std"], signed=True)
+    return _fmt(r[key], r.get(f"{key}.std"))
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cost_cells(c: dict[str, Any]) -> list[str]:
+    llm_users = (c.get("teacher_users", 0) or 0)
+    calls = (c.get("teacher_calls", 0) or 0) + (c.get("student_calls", 0) or 0)
+    tokens = (c.get("teacher_tokens", 0) or 0) + (c.get("student_tokens", 0) or 0)
+    seconds = sum(float(c.get(k, 0) or 0) for k in
+                  ("teacher_seconds", "student_training_seconds", "student_seconds"))
+    other = sum(float(c.get(k, 0) or 0) for k in ("encoder_seconds", "sentence_model_seconds"))
+    return [f"{llm_users:,}" if llm_users else "0", f"{c.get('student_users', 0) or 0:,}",
+            f"{calls:,}", f"{tokens:,}", f"{seconds:,.0f}", f"{other:,.1f}"]
+
+
+COST_HEADER = ["feature set", "teacher users", "student users", "LLM calls", "LLM prompt tokens",
+               "LLM seconds", "encoder / sentence-model seconds"]
+
+
+def comparison_markdown(results: dict[str, Any], block: str = "main") -> str:
+    rows = _rows(results, block)
+    header = ["feature set"] + [f"{h} ({'low-act.' if s == 'low_activity' else 'all'})"
+                                for s, k in HEADLINE for h in [dict(COLUMNS)[k]]]
+    body = [[r["label"]] + [_cell(r, f"{s}.{k}") for s, k in HEADLINE] for r in rows]
+    return _md_table(header, body)
+
+
+def uplift_markdown(results: dict[str, Any], block: str = "main") -> str:
+    rows = [r for r in _rows(results, block) if r["set"] != "A"]
+    header = ["vs A (same seeds)"] + [f"Δ {dict(COLUMNS)[k]} ({'low-act.' if s == 'low_activity' else 'all'})"
+                                      for s, k in HEADLINE]
+    body = [[r["label"]] + [_cell(r, f"{s}.{k}", uplift=True) for s, k in HEADLINE] for r in rows]
+    return _md_table(header, body)
+
+
+def sweep_uplift(results: dict[str, Any], key: str = "revenue.gini"
+                 ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """(coverage fractions, per slice (mean uplift over A, its std)) for the sweep points."""
+    main_a = {r["seed"]: r for r in results["runs"] if r["block"] == "main" and r["set"] == "A"}
+    pts = sorted({r["set"] for r in results["runs"] if r["block"] == "sweep"},
+                 key=lambda k: results["costs"][k]["coverage"])
+    cov = np.array([results["costs"][k]["coverage"] for k in pts])
+    out = {}
+    for s in ("all", "low_activity"):
+        t, m = key.split(".")
+        means, stds = [], []
+        for k in pts:
+            d = [r["metrics"][s][t][m] - main_a[r["seed"]]["metrics"][s][t][m]
+                 for r in results["runs"] if r["block"] == "sweep" and r["set"] == k
+                 and r["seed"] in main_a]
+            means.append(float(np.mean(d)))
+            stds.append(float(np.std(d, ddof=1)) if len(d) > 1 else 0.0)
+        out[s] = (np.array(means), np.array(stds))
+    return cov, out
+
+
+def plot_gain_curves(results: dict[str, Any], predictions: Path, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pred = read_table(predictions)
+    seed = results["seeds"][0]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 9))
+    for col, (target, title) in enumerate([("revenue", "revenue_30"), ("active", "lt30")]):
+        for row, (slice_name, low_only) in enumerate([("all users", False),
+                                                       ("low-activity slice", True)]):
+            ax = axes[row][col]
+            for r in _rows(results, "main"):
+                sel = pc.and_(pc.and_(pc.equal(pred.column("block"), "main"),
+                                      pc.equal(pred.column("set"), r["set"])),
+                              pc.equal(pred.column("seed"), seed))
+                if low_only:
+                    sel = pc.and_(sel, pred.column("low_activity"))
+                part = pred.filter(sel)
+                y_true = part.column(f"{target}_true").to_numpy()
+                if part.num_rows == 0 or y_true.sum() <= 0:
+                    continue
+                x, y = gain_curve(y_true, part.column(f"{target}_pred").to_numpy(), num_points=201)
+                ax.plot(x, y, label=r["label"], lw=1.4)
+            if part.num_rows and y_true.sum() > 0:
+                x, y = gain_curve(y_true, y_true, num_points=201)
+                ax.plot(x, y, "k:", lw=1, label="perfect ranking")
+            ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="random")
+            ax.set_title(f"{title}: {slice_name} (test, seed {seed})")
+            ax.set_xlabel("share of users, ranked by prediction")
+            ax.set_ylabel(f"share of total {title}")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = out / "gain_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_coverage(results: dict[str, Any], out: Path) -> Path | None:
+    if not any(r["block"] == "sweep" for r in results["runs"]):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, (key, title) in zip(axes, [("revenue.gini", "revenue_30 Gini"),
+                                       ("active.gini", "lt30 Gini")]):
+        cov, series = sweep_uplift(results, key)
+        for s, style in (("all", "o-"), ("low_activity", "s--")):
+            m, sd = series[s]
+            ax.errorbar(cov * 100, m, yerr=sd, fmt=style, capsize=3,
+                        label="all users" if s == "all" else "low-activity slice")
+        b = next((r for r in _rows(results, "main") if r["set"] == "B"), None)
+        if b is not None:
+            ax.axhline(b[f"all.{key}.uplift"], color="C2", lw=1, ls=":",
+                       label="B (sentence embedding), all users")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("users the LLM reasoned about (% of population)")
+        ax.set_ylabel(f"Δ {title} vs profile only")
+        ax.set_title(f"coverage against uplift: {title}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "coverage_uplift.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict[str, Any], predictions: Path, out: Path) -> Path:
+    """Write ``out/report.md`` with its PNGs; returns the Markdown's path."""
+    gains = plot_gain_curves(results, predictions, out)
+    coverage = plot_coverage(results, out)
+    low = results["low_activity"]
+    parts = [
+        "# ScaleToT LTV evaluation",
+        "",
+        f"Data: `{results['data_dir']}` ({results['users']:,} labelled users; preset "
+        f"`{results['preset']}`). One split: {results['test_users']:,} test users (hash of the "
+        f"id, {results['split']['test_fraction']:.0%}; the {results['covered_users']:,} users "
+        "the student was trained on are always in train). Low-activity slice: "
+        f"`{low['predicate']}` ({low['test_users']:,} test users). Model seeds "
+        f"{results['seeds']}: cells are mean ± standard deviation over seeds; the split is fixed.",
+        "",
+        "## Comparison (test users)",
+        "",
+        comparison_markdown(results),
+        "",
+        "## Uplift over A, paired by seed",
+        "",
+        uplift_markdown(results),
+        "",
+        f"![gain curves]({gains.name})",
+        "",
+    ]
+    if coverage is not None:
+        parts += ["## Coverage sweep (C refitted on encoders distilled from more or fewer users' "
+                  "LLM reasoning)", "", comparison_markdown(results, "sweep"), "",
+                  uplift_markdown(results, "sweep"), "", f"![coverage against uplift]({coverage.name})",
+                  ""]
+    if any(r["block"] == "upper_bound" for r in results["summary"]):
+        n = results["upper_bound_users"]
+        parts += [f"## Upper bound on a {n:,}-user sample", "",
+                  f"The student LLM reasoned about {n:,} users (this preset cannot afford every "
+                  "user); A, C and D are fitted and tested on that sample only, so the "
+                  "numbers are noisier than the main table's.", "",
+                  comparison_markdown(results, "upper_bound"), "",
+                  uplift_markdown(results, "upper_bound"), ""]
+    parts += ["## Cost of each feature set", "",
+              _md_table(COST_HEADER, [[k] + _cost_cells(c) for k, c in results["costs"].items()]),
+              "", "LLM seconds: teacher scoring + student training + student inference, as "
+              "measured on this machine. Calls: teacher scoring calls; student: one prompt pass "
+              "plus one step per state type per user.", ""]
+    d = results["costs"].get("D", {})
+    if d.get("all_users_estimate_seconds") and results["upper_bound_users"] < results["users"]:
+        est = d["all_users_estimate_seconds"]
+        parts += [f"D for all {results['users']:,} users would take about "
+                  + (f"{est / 3600:,.1f} hours" if est >= 3600 else f"{est / 60:,.1f} minutes")
+                  + " of student inference at the measured rate.", ""]
+    parts += [f"Evaluation took {results['seconds']:.0f} s ({results['fit_seconds']:.0f} s "
+              "fitting LTV models).", ""]
+    path = out / "report.md"
+    tmp = path.with_name(".report.md.tmp")
+    tmp.write_text("\n".join(parts))
+    tmp.replace(path)
+    return path
+
+
+SHORT = {"revenue.gini": "rev Gini", "revenue.auc": "payer AUC", "active.gini": "lt30 Gini",
+         "active.auc": "ret. AUC"}
+
+
+def console_tables(results: dict[str, Any]) -> list[Table]:
+    """The comparison, the sweep and (when separate) the upper bound, as rich tables."""
+    tables = []
+    for block, title in (("main", "LTV comparison, test users (mean ± sd over seeds)"),
+                         ("sweep", "coverage sweep for C"),
+                         ("upper_bound", f"upper bound on a {results['upper_bound_users']:,}-user "
+                                         "sample")):
+        rows = _rows(results, block)
+        if not rows:
+            continue
+        t = Table(title=title)
+        t.add_column("feature set", no_wrap=True)
+        for s, k in HEADLINE:
+            t.add_column(SHORT[k] + (" low-act." if s == "low_activity" else ""), justify="right",
+                         no_wrap=True)
+        t.add_column("Δ rev Gini vs A", justify="right", no_wrap=True)
+        t.add_column("LLM users", justify="right", no_wrap=True)
+        for r in rows:
+            c = results["costs"].get(r["set"], {})
+            t.add_row(r["label"], *[_cell(r, f"{s}.{k}") for s, k in HEADLINE],
+                      _cell(r, "all.revenue.gini", uplift=True),
+                      f"{c.get('student_users', 0) or 0:,}")
+        tables.append(t)
+    return tables
+
+
+def print_tables(results: dict[str, Any], console: Console) -> None:
+    """Print the tables and the report's path; wide when writing to a file or pipe (no wrap)."""
+    out = console if console.is_terminal else Console(file=console.file, width=200)
+    for table in console_tables(results):
+        out.print(table)
+    out.print(f"report: {results['report']}")
