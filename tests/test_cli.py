@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -54,5 +55,38 @@ def test_demo_on_the_tiny_preset_runs_and_reruns_quickly(tmp_path):
     r = scaletot("demo", "--config", str(cfg), "--out-dir", str(tmp_path / "run"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "teach" in r.stderr and "24 chains" in r.stderr
+    # it ends with the comparison table and the report, from real Feast features
+    assert "LTV comparison" in r.stderr and "report: " in r.stderr
+    ev = tmp_path / "run" / "data" / "eval"
+    for name in ("report.md", "gain_curves.png", "coverage_uplift.png", "predictions.parquet"):
+        assert (ev / name).stat().st_size > 0, name
+    results = json.loads((ev / "results.json").read_text())
+    sets = {(r["block"], r["set"]) for r in results["summary"]}
+    assert {("main", k) for k in ("A", "B", "C", "oracle")} <= sets
+    assert {("upper_bound", k) for k in ("A", "C", "D")} <= sets  # D on the tiny preset's sample
+    assert {k for b, k in sets if b == "sweep"} == {"C@12", "C@24", "C@48"}
+    assert results["costs"]["D"]["student_users"] == results["upper_bound_users"] == 100
+    assert results["costs"]["C@48"]["student_users"] == 48
+    md = (ev / "report.md").read_text()
+    assert "A: profile only" in md and "## Cost of each feature set" in md
+    # every student-reasoned user has a chain, the covered ones from the student stage
+    chunks = sorted((ev / "reasoning").glob("chunk-*/chains"))
+    assert sum(pq.read_metadata(p).num_rows for c in chunks for p in c.glob("*.parquet")) == 100 - 24
     r2 = scaletot("demo", "--config", str(cfg), "--out-dir", str(tmp_path / "run"))
     assert r2.returncode == 0 and "skipped" in r2.stderr and "0 new" in r2.stderr
+    assert "evaluate: results are current, skipped" in r2.stderr and "LTV comparison" in r2.stderr
+
+
+def test_evaluate_on_a_dataset_without_reasoning_and_a_bad_slice(population_copy, tmp_path):
+    # a dataset straight from generate/ingest: no teacher, no encoder: A and B only (+ reference)
+    r = scaletot("evaluate", str(population_copy), "--preset", "tiny")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "only A and B are compared" in r.stderr
+    results = json.loads((population_copy / "eval" / "results.json").read_text())
+    assert {r["set"] for r in results["summary"]} == {"A", "B", "oracle"}
+    assert "A: profile only" in r.stdout and "report: " in r.stdout
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("preset: tiny\nltv: {low_activity: 'sessions_on_day_one = 0'}\n")
+    bad = scaletot("evaluate", str(population_copy), "--config", str(cfg))
+    assert bad.returncode == 2 and "ltv.low_activity" in bad.stderr
+    assert "sessions_on_day_one" in bad.stderr
