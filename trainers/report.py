@@ -169,6 +169,9 @@ def plot_coverage(results: dict[str, Any], out: Path) -> Path | None:
             ax.axhline(b[f"all.{key}.uplift"], color="C2", lw=1, ls=":",
                        label="B (sentence embedding), all users")
         ax.axhline(0, color="grey", lw=0.8)
+        default = results["costs"].get("C", {}).get("coverage")
+        if default:
+            ax.axvline(default * 100, color="grey", lw=0.8, ls="--", label="default coverage")
         ax.set_xscale("log")
         ax.set_xlabel("users the LLM reasoned about (% of population)")
         ax.set_ylabel(f"Δ {title} vs profile only")
