@@ -12,15 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from scaletot_features.config import Settings
-from scaletot_features.data.io import DatasetLayout, read_json
-
-def _newer(output: Path, *inputs: Path) -> bool:
-    """True when ``output`` exists and was written after every existing input."""
-    if not output.exists():
-        return False
-    stamp = output.stat().st_mtime
-    return all(not i.exists() or i.stat().st_mtime <= stamp for i in inputs)
-
+from scaletot_features.data.io import DatasetLayout, is_current, read_json
 
 def run_demo(settings: Settings, console: Console) -> int:
     """Returns the process exit code: 0 when every implemented stage passed."""
@@ -78,14 +70,14 @@ def run_demo(settings: Settings, console: Console) -> int:
 
     encoder_manifest = layout.root / "encoder" / "manifest.json"
     student_chains = layout.root / "student" / "chains"
-    if _newer(encoder_manifest, student_chains):
+    if is_current(encoder_manifest, student_chains):
         console.print("[dim]distill: encoder is current, skipped[/]")
     else:
         report = distill_encoder(layout.root, settings)
         console.print(f"distill: encoder {report['model_version']} on {report['users']} users; "
                       f"held-out {report['metrics'].get('test', {})}", highlight=False)
     features = layout.root / "features" / "reasoning_features"
-    if _newer(features, encoder_manifest):
+    if is_current(features, encoder_manifest):
         console.print("[dim]embed: features are current, skipped[/]")
     else:
         report = embed_population(layout.root, settings)
@@ -94,7 +86,7 @@ def run_demo(settings: Settings, console: Console) -> int:
     from scaletot_features.store.repo import apply_repo, materialize
 
     online = layout.root / "feast" / "online_store.db"
-    if _newer(online, features):
+    if is_current(online, features):
         console.print("[dim]features: online store is current, skipped[/]")
     else:
         repo = apply_repo(layout.root, settings)
@@ -106,7 +98,7 @@ def run_demo(settings: Settings, console: Console) -> int:
     from trainers.report import print_tables
 
     results_path = eval_dir(layout.root) / RESULTS
-    if _newer(results_path, online, features, layout.root / "student" / "chains"):
+    if is_current(results_path, online, features, layout.root / "student" / "chains"):
         console.print("[dim]evaluate: results are current, skipped[/]")
         results = read_json(results_path)
     else:

@@ -44,6 +44,7 @@ from scaletot_features.config import Settings
 from scaletot_features.data.io import (
     DatasetLayout,
     atomic_dir,
+    is_current,
     parquet_files,
     read_json,
     read_table,
@@ -71,14 +72,6 @@ def eval_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "eval"
 
 
-def _newer(output: Path, *inputs: Path) -> bool:
-    """True when ``output`` exists and was written after every existing input."""
-    if not output.exists():
-        return False
-    stamp = output.stat().st_mtime
-    return all(not i.exists() or i.stat().st_mtime <= stamp for i in inputs)
-
-
 # --------------------------------------------------------------------------- 1. the frame
 
 
@@ -93,7 +86,7 @@ def training_frame(data_dir: Path, settings: Settings, console: Console) -> pa.T
     layout = DatasetLayout(data_dir)
     out = eval_dir(data_dir) / "frame.parquet"
     registry = data_dir / "feast" / "registry.db"
-    if not _newer(out, layout.labels, layout.profiles, features_dir(data_dir), registry):
+    if not is_current(out, layout.labels, layout.profiles, features_dir(data_dir), registry):
         if not registry.exists():
             apply_repo(data_dir, settings)
         service = "ltv_with_reasoning" if has_reasoning(data_dir) else "ltv_profile_only"
@@ -203,7 +196,7 @@ def profile_text_matrix(data_dir: Path, table: pa.Table, schema: ProfileSchema,
 
     out = eval_dir(data_dir) / "profile_text_embedding.parquet"
     meta = eval_dir(data_dir) / "profile_text_embedding.json"
-    if _newer(out, DatasetLayout(data_dir).profiles) and meta.exists():
+    if is_current(out, DatasetLayout(data_dir).profiles) and meta.exists():
         cached = read_table(out)
         if np.array_equal(cached.column(ID_COLUMN).to_numpy(), table.column(ID_COLUMN).to_numpy()):
             return _list_matrix(cached.column("embedding")), float(read_json(meta)["seconds"])
@@ -267,7 +260,7 @@ def student_reasoning(data_dir: Path, settings: Settings, user_ids: np.ndarray,
         chunk = root / f"chunk-{k:05d}"
         ids = todo[start:start + size]
         ids_file = chunk / "user_ids.json"
-        current = _newer(chunk, model_dir) and ids_file.exists() and \
+        current = is_current(chunk, model_dir) and ids_file.exists() and \
             json.loads(ids_file.read_text()) == ids.tolist()
         if not current:
             console.print(f"  student reasoning: users {start + 1:,}-{start + len(ids):,} "
@@ -327,7 +320,7 @@ def sweep_point(data_dir: Path, settings: Settings, chains: pa.Table, users: np.
     targets, enc, feats = root / "targets.parquet", root / "encoder", root / "features"
     ids_file = root / "user_ids.json"
     same = ids_file.exists() and json.loads(ids_file.read_text()) == sorted(users.tolist())
-    if not same or not _newer(feats, targets) or not _newer(targets, *chains_sources(data_dir)):
+    if not same or not is_current(feats, targets) or not is_current(targets, *chains_sources(data_dir)):
         sub = chains.filter(pc.is_in(chains.column(ID_COLUMN), value_set=pa.array(users)))
         write_parquet_atomic(sub, targets)
         d = distill_encoder(data_dir, settings, targets=targets, out=enc, progress=False)

@@ -151,6 +151,15 @@ class PartWriter:
         self.rows += table.num_rows
 
 
+def is_current(output: Path, *inputs: Path) -> bool:
+    """True when ``output`` exists and was written after every existing input (skip-if-current)."""
+    output = Path(output)
+    if not output.exists():
+        return False
+    stamp = output.stat().st_mtime
+    return all(not Path(i).exists() or Path(i).stat().st_mtime <= stamp for i in inputs)
+
+
 def run_summary_path(output: Path) -> Path:
     """Where a stage leaves the summary of the run that wrote ``output`` (wall time, counts):
     a sibling ``<name>.summary.json``, outside the output so that readers of the output (Feast's
