@@ -447,7 +447,12 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
     ids = frame.column(ID_COLUMN).to_numpy()
     y = {"revenue": frame.column(revenue_name).to_numpy().astype(np.float64),
          "active": frame.column(active_name).to_numpy().astype(np.float64)}
-    profiles = frame.select([ID_COLUMN] + schema.names)
+    service_fields = read_json(out / "frame.json")["profile_only_features"]
+    if sorted(service_fields) != sorted(schema.names):
+        raise EvaluationError(f"the ltv_profile_only service serves {sorted(service_fields)}, "
+                              f"the profile schema declares {sorted(schema.names)}: apply the "
+                              "feature repository again")
+    profiles = frame.select([ID_COLUMN] + schema.names)  # (A): the ltv_profile_only service
     covered = covered_users(data_dir)
     test = split_test(ids, covered, cfg.test_fraction, cfg.split_seed)
     low = low_activity_mask(profiles, cfg.low_activity)
