@@ -84,6 +84,8 @@ def main() -> None:
     taxonomy = settings.taxonomy()
     schema = data_profile_schema(data_dir, settings)
     cfg = settings.ltv
+    # the "representation" is the one-hot of the true states: the embedding cannot be wider
+    settings.encoder.dim = min(settings.encoder.dim, sum(len(t.value_names) for t in taxonomy.types))
 
     frame = training_frame(data_dir, settings, console)
     ids = frame.column(ID_COLUMN).to_numpy()
@@ -143,7 +145,7 @@ def main() -> None:
         agr = f.get("encoder_typed_agreement_held_out")
         table.add_row(r["label"], f"{f.get('users', 0):,}", "-" if agr is None else f"{agr:.3f}",
                       *cells)
-    Console().print(table)
+    Console(width=200).print(table)
     write_json_atomic({"data_dir": str(data_dir), "test_users": int(test_p.sum()),
                        "points": facts, "summary": summary}, args.out)
     print(f"wrote {args.out}")

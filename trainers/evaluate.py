@@ -190,7 +190,7 @@ def align(table: pa.Table, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def profile_text_matrix(data_dir: Path, table: pa.Table, schema: ProfileSchema,
-                        console: Console) -> tuple[np.ndarray, float]:
+                        console: Console, progress: bool = True) -> tuple[np.ndarray, float]:
     """(B) all-MiniLM-L6-v2 over the profile text, cached in DIR/eval; (matrix, seconds)."""
     from scaletot_features.encoder.model import TextEmbedder
 
@@ -200,10 +200,21 @@ def profile_text_matrix(data_dir: Path, table: pa.Table, schema: ProfileSchema,
         cached = read_table(out)
         if np.array_equal(cached.column(ID_COLUMN).to_numpy(), table.column(ID_COLUMN).to_numpy()):
             return _list_matrix(cached.column("embedding")), float(read_json(meta)["seconds"])
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     rows = table.select(schema.names).to_pylist()
     texts = pa.array(["; ".join(schema.to_text(r).splitlines()) for r in rows], pa.string())
+    embedder = TextEmbedder(cache_size=0)
     t0 = time.perf_counter()
-    vectors = TextEmbedder(cache_size=0).embed(texts)
+    parts = []
+    with Progress(TextColumn("B: MiniLM"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=not progress) as bar:
+        task = bar.add_task("B", total=len(texts))
+        for start in range(0, len(texts), 2048):
+            chunk = texts.slice(start, 2048)
+            parts.append(embedder.embed(chunk))
+            bar.update(task, advance=len(chunk))
+    vectors = np.concatenate(parts) if parts else np.zeros((0, 384), np.float32)
     seconds = time.perf_counter() - t0
     console.print(f"  B: sentence embedding of {len(texts):,} profile texts in {seconds:.1f} s")
     write_parquet_atomic(pa.table({ID_COLUMN: table.column(ID_COLUMN),
@@ -459,7 +470,7 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
     everyone = np.arange(len(ids))
 
     sets: list[FeatureSet] = [FeatureSet("A", "A: profile only", None)]
-    text, text_seconds = profile_text_matrix(data_dir, frame, schema, console)
+    text, text_seconds = profile_text_matrix(data_dir, frame, schema, console, progress)
     sets.append(FeatureSet("B", "B: + MiniLM profile text", text,
                            {"sentence_model_seconds": round(text_seconds, 1)}))
     teacher = teacher_cost(data_dir)
