@@ -75,6 +75,20 @@ def test_demo_on_the_tiny_preset_runs_and_reruns_quickly(tmp_path):
     r2 = scaletot("demo", "--config", str(cfg), "--out-dir", str(tmp_path / "run"))
     assert r2.returncode == 0 and "skipped" in r2.stderr and "0 new" in r2.stderr
     assert "evaluate: results are current, skipped" in r2.stderr and "LTV comparison" in r2.stderr
+    # D for EVERY user joins the main table; finished inference chunks are reused, not redone
+    first_chunk = ev / "reasoning" / "chunk-00000"
+    stamp = first_chunk.stat().st_mtime
+    cfg2 = tmp_path / "every.yaml"
+    cfg2.write_text("preset: tiny\nteacher: {model: tiny-random}\n"
+                    "ltv: {upper_bound_fraction: 1.0, coverage_sweep: [0.012]}\n")
+    r3 = scaletot("evaluate", str(tmp_path / "run" / "data"), "--config", str(cfg2))
+    assert r3.returncode == 0, r3.stdout + r3.stderr
+    results = json.loads((ev / "results.json").read_text())
+    main = [r["set"] for r in results["summary"] if r["block"] == "main"]
+    assert main[:4] == ["A", "B", "C", "D"] and "upper_bound" not in {r["block"] for r in results["summary"]}
+    assert results["costs"]["D"]["student_users"] == results["users"] == 2000
+    assert first_chunk.stat().st_mtime == stamp
+    assert "D: + LLM reasoning, every user" in r3.stdout
 
 
 def test_evaluate_on_a_dataset_without_reasoning_and_a_bad_slice(population_copy, tmp_path):
