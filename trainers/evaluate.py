@@ -117,14 +117,16 @@ def split_test(user_ids: np.ndarray, covered: np.ndarray, test_fraction: float,
 def low_activity_mask(table: pa.Table, predicate: str) -> np.ndarray:
     import duckdb
 
-    frame = table  # noqa: F841 - read by DuckDB's replacement scan
+    con = duckdb.connect()
+    con.register("profiles", table)
     try:
-        mask = duckdb.sql(f"select coalesce(({predicate}), false) as m from frame").arrow()
+        mask = con.sql(f"select coalesce(({predicate}), false) as m from profiles").fetchnumpy()
     except duckdb.Error as e:
         raise EvaluationError(f"ltv.low_activity {predicate!r} cannot be evaluated on the "
                               f"profile columns: {e}") from e
-    col = mask.read_all().column("m") if hasattr(mask, "read_all") else mask.column("m")
-    return col.to_numpy(zero_copy_only=False).astype(bool)
+    finally:
+        con.close()
+    return np.asarray(mask["m"], dtype=bool)
 
 
 def covered_users(data_dir: Path) -> np.ndarray:
@@ -351,6 +353,79 @@ def chains_sources(data_dir: Path) -> list[Path]:
     return [student_paths(data_dir)["chains"], eval_dir(data_dir) / "reasoning"]
 
 
+@dataclass
+class ReasoningSets:
+    c: FeatureSet  # the default pipeline's encoder features, from Feast
+    sweep: list[FeatureSet]  # C refitted at each coverage
+    d: FeatureSet  # the student's own reasoning; ``rows`` = the users it covers
+
+
+def reasoning_sets(data_dir: Path, settings: Settings, frame: pa.Table, ids: np.ndarray,
+                   covered: np.ndarray, console: Console, progress: bool) -> ReasoningSets:
+    """C, the coverage sweep and D, with the cost of each; runs the student where needed."""
+    cfg = settings.ltv
+    taxonomy = settings.taxonomy()
+    teacher = teacher_cost(data_dir)
+    default = _stage_cost(data_dir)
+    order = reasoning_order(ids, covered, cfg.split_seed)
+    points = sorted({max(1, round(f * len(ids))) for f in cfg.coverage_sweep})
+    n_upper = max(1, round(cfg.upper_bound_fraction * len(ids)))
+    n_llm = max(points + [n_upper])
+    chains, llm = student_reasoning(data_dir, settings, order[:n_llm], console, progress)
+    chains = chains.filter(pc.equal(chains.column("valid"), True))
+    tokens = prompt_tokens(data_dir, settings, order[:max(n_llm, len(covered))])
+    per_user_s = (llm["new_seconds"] / llm["new_users"]) if llm["new_users"] else \
+        (llm["covered_seconds"] / max(llm["covered_users"], 1))
+
+    def llm_cost(n: int, seconds: float | None = None) -> dict[str, Any]:
+        """Teacher + student training (shared by every C and D row) + inference on n users."""
+        return {**teacher, "student_training_seconds": default["student_training_seconds"],
+                "student_users": n, "student_calls": n * (1 + len(taxonomy.types)),
+                "student_tokens": int(tokens[:n].sum()),
+                "student_seconds": round(n * per_user_s if seconds is None else seconds, 1)}
+
+    c = FeatureSet("C", f"C: + ScaleToT encoder ({len(covered):,} LLM users)",
+                   reasoning_matrix(frame, taxonomy),
+                   {**llm_cost(len(covered), default.get("student_seconds")),
+                    "encoder_seconds": default.get("encoder_seconds", 0.0),
+                    "coverage": len(covered) / len(ids)})
+    sweep = []
+    for n in points:
+        users = order[:n]
+        if n == len(covered) and np.isin(users, covered).all():  # the default: C itself
+            sweep.append(FeatureSet(f"C@{n}", f"C @ {n:,} LLM users", c.dense, c.cost))
+            continue
+        feats, spent = sweep_point(data_dir, settings, chains, users, console, progress)
+        table = read_table(feats)
+        rows, theirs = align(table, ids)
+        if len(rows) != len(ids):
+            raise EvaluationError(f"{feats} lacks {len(ids) - len(rows)} users")
+        sweep.append(FeatureSet(
+            f"C@{n}", f"C @ {n:,} LLM users",
+            reasoning_matrix(table.take(pa.array(theirs)), taxonomy),
+            {**llm_cost(n), "coverage": n / len(ids),
+             "encoder_seconds": round(spent["distill_seconds"] + spent["embed_seconds"], 1)}))
+
+    # (D) the student's typed states and its representation, mapped to the encoder's target
+    # space by the default encoder's fixed projection (so C is D's distilled approximation)
+    from scaletot_features.encoder.artifact import load_encoder
+
+    encoder, _ = load_encoder(encoder_dir(data_dir), device="cpu")
+    sub = chains.filter(pc.is_in(chains.column(ID_COLUMN), value_set=pa.array(order[:n_upper])))
+    rows, theirs = align(sub, ids)
+    sub = sub.take(pa.array(theirs))
+    dense = np.zeros((len(ids), encoder.dim + sum(len(t.value_names) for t in taxonomy.types)))
+    dense[rows] = np.concatenate([encoder.project(_list_matrix(sub.column("representation"))),
+                                  one_hot_states(sub, taxonomy)], axis=1)
+    rows = np.sort(rows)
+    label = "D: + LLM reasoning, every user" if len(rows) == len(ids) else \
+        f"D: + LLM reasoning ({len(rows):,} users)"
+    d = FeatureSet("D", label, dense, {**llm_cost(len(rows)),
+                                       "all_users_estimate_seconds": round(len(ids) * per_user_s, 1)},
+                   rows=rows)
+    return ReasoningSets(c, sweep, d)
+
+
 # --------------------------------------------------------------------------- fitting
 
 
@@ -364,14 +439,17 @@ def _metrics(y: dict[str, np.ndarray], pred: Any, idx: np.ndarray, threshold: in
 def fit_block(block: str, sets: list[FeatureSet], profiles: pa.Table, y: dict[str, np.ndarray],
               test: np.ndarray, low: np.ndarray, rows: np.ndarray, settings: Settings,
               schema: ProfileSchema, predictions: list[pa.Table],
-              tick: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Fit every set once per seed on ``rows``' train users; score its test users per slice."""
+              tick: Callable[[str, int], None]) -> list[dict[str, Any]]:
+    """Fit every set once per seed on ``rows``' train users; score its test users per slice.
+
+    ``tick(message, fits_done)`` reports progress: (what starts, 0), then (it, 1) when done.
+    """
     cfg = settings.ltv
     train_rows, test_rows = rows[~test[rows]], rows[test[rows]]
     out = []
     for fs in sets:
         for seed in cfg.seeds:
-            tick(f"{block}: {fs.label}, seed {seed}")
+            tick(f"{block}: {fs.label}, seed {seed}", 0)
             model = LTVModel(schema, horizon_days=settings.data.horizon_days,
                              retained_threshold=cfg.retained_threshold, epochs=cfg.epochs,
                              learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
@@ -395,6 +473,7 @@ def fit_block(block: str, sets: list[FeatureSet], profiles: pa.Table, y: dict[st
                 "active_pred": pred.active, "retained_prob": pred.retained_prob,
                 "revenue_true": y["revenue"][test_rows], "active_true": y["active"][test_rows],
                 "low_activity": low[test_rows]}))
+            tick(f"{block}: {fs.label}, seed {seed}", 1)
     return out
 
 
@@ -473,86 +552,28 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
     text, text_seconds = profile_text_matrix(data_dir, frame, schema, console, progress)
     sets.append(FeatureSet("B", "B: + MiniLM profile text", text,
                            {"sentence_model_seconds": round(text_seconds, 1)}))
-    teacher = teacher_cost(data_dir)
-    reasoning = has_reasoning(data_dir)
-    sweep_sets: list[FeatureSet] = []
-    upper: FeatureSet | None = None
-    upper_rows = everyone
-    if reasoning:
-        default = _stage_cost(data_dir)
-        order = reasoning_order(ids, covered, cfg.split_seed)
-        points = sorted({max(1, round(f * len(ids))) for f in cfg.coverage_sweep})
-        n_upper = max(1, round(cfg.upper_bound_fraction * len(ids)))
-        n_llm = max(points + [n_upper])
-        chains, llm = student_reasoning(data_dir, settings, order[:n_llm], console, progress)
-        chains = chains.filter(pc.equal(chains.column("valid"), True))
-        tokens = prompt_tokens(data_dir, settings, order[:max(n_llm, len(covered))])
-        per_user_s = (llm["new_seconds"] / llm["new_users"]) if llm["new_users"] else \
-            (llm["covered_seconds"] / max(llm["covered_users"], 1))
-
-        def llm_cost(n: int, seconds: float | None = None) -> dict[str, Any]:
-            """Teacher + student training (shared by every C and D row) + inference on n users."""
-            return {**teacher, "student_training_seconds": default["student_training_seconds"],
-                    "student_users": n, "student_calls": n * (1 + len(taxonomy.types)),
-                    "student_tokens": int(tokens[:n].sum()),
-                    "student_seconds": round(n * per_user_s if seconds is None else seconds, 1)}
-
-        c_cost = {**llm_cost(len(covered), default.get("student_seconds")),
-                  "encoder_seconds": default.get("encoder_seconds", 0.0),
-                  "coverage": len(covered) / len(ids)}
-        sets.append(FeatureSet("C", f"C: + ScaleToT encoder ({len(covered):,} LLM users)",
-                               reasoning_matrix(frame, taxonomy), c_cost))
-        for n in points:
-            users = order[:n]
-            if n == len(covered) and np.isin(users, covered).all():  # the default: C itself
-                sweep_sets.append(FeatureSet(f"C@{n}", f"C @ {n:,} LLM users", sets[-1].dense,
-                                             c_cost))
-                continue
-            feats, c = sweep_point(data_dir, settings, chains, users, console, progress)
-            table = read_table(feats)
-            rows, theirs = align(table, ids)
-            if len(rows) != len(ids):
-                raise EvaluationError(f"{feats} lacks {len(ids) - len(rows)} users")
-            sweep_sets.append(FeatureSet(
-                f"C@{n}", f"C @ {n:,} LLM users",
-                reasoning_matrix(table.take(pa.array(theirs)), taxonomy),
-                {**llm_cost(n), "encoder_seconds": round(c["distill_seconds"] + c["embed_seconds"], 1),
-                 "coverage": n / len(ids)}))
-        # (D): the student's own reasoning, for every user of the upper-bound sample
-        from scaletot_features.encoder.artifact import load_encoder
-
-        encoder, _ = load_encoder(encoder_dir(data_dir), device="cpu")
-        upper_ids = order[:n_upper]
-        sub = chains.filter(pc.is_in(chains.column(ID_COLUMN), value_set=pa.array(upper_ids)))
-        rows, theirs = align(sub, ids)
-        sub = sub.take(pa.array(theirs))
-        reps = _list_matrix(sub.column("representation"))
-        dense = np.zeros((len(ids), encoder.dim + sum(len(t.value_names) for t in taxonomy.types)))
-        dense[rows] = np.concatenate([encoder.project(reps), one_hot_states(sub, taxonomy)], axis=1)
-        upper_rows = np.sort(rows)
-        whole = len(upper_rows) == len(ids)
-        upper = FeatureSet("D", "D: + LLM reasoning, every user" if whole else
-                           f"D: + LLM reasoning ({len(upper_rows):,} users)", dense,
-                           {**llm_cost(len(upper_rows)),
-                            "all_users_estimate_seconds": round(len(ids) * per_user_s, 1)},
-                           rows=upper_rows)
-    else:
+    reasoning = reasoning_sets(data_dir, settings, frame, ids, covered, console, progress) \
+        if has_reasoning(data_dir) else None
+    if reasoning is None:
         console.print("  [yellow]no reasoning features in this dataset: only A and B are "
                       "compared (run teach, train-student, distill and embed for C and D)[/]")
+    else:
+        sets.append(reasoning.c)
     if cfg.oracle:
         oracle = oracle_matrix(data_dir, frame, taxonomy)
         if oracle is not None:
             sets.append(FeatureSet("oracle", "ref.: + true latent states", oracle))
 
+    # the main table; the sweep; D beside A and C on its own sample when it is not every user
     blocks: list[tuple[str, list[FeatureSet], np.ndarray]] = [("main", sets, everyone)]
-    if sweep_sets:
-        blocks.append(("sweep", sweep_sets, everyone))
-    if upper is not None:
+    upper_rows = everyone
+    if reasoning is not None:
+        blocks.append(("sweep", reasoning.sweep, everyone))
+        upper_rows = reasoning.d.rows if reasoning.d.rows is not None else everyone
         if len(upper_rows) == len(ids):
-            sets.insert(3, upper)
+            sets.insert(sets.index(reasoning.c) + 1, reasoning.d)
         else:
-            c_set = next(s for s in sets if s.key == "C")
-            blocks.append(("upper_bound", [sets[0], c_set, upper], upper_rows))
+            blocks.append(("upper_bound", [sets[0], reasoning.c, reasoning.d], upper_rows))
     total = sum(len(s) for _, s, _ in blocks) * len(cfg.seeds)
     runs: list[dict[str, Any]] = []
     predictions: list[pa.Table] = []
@@ -561,12 +582,10 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
             TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[msg]}"), console=console, disable=not progress) as bar:
         task = bar.add_task("fit", total=total, msg="")
-        tick = lambda m: bar.update(task, advance=0 if not runs and not predictions else 1,  # noqa: E731
-                                    msg=m)
         for block, block_sets, rows in blocks:
             runs += fit_block(block, block_sets, profiles, y, test, low, rows, settings, schema,
-                              predictions, tick)
-        bar.update(task, completed=total, msg="done")
+                              predictions,
+                              lambda msg, done: bar.update(task, advance=done, msg=msg))
     summary = aggregate(runs)
     costs = {s.key: s.cost for _, bs, _ in blocks for s in bs}
     results = {
@@ -577,7 +596,7 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
         "covered_users": int(len(covered)), "seeds": cfg.seeds,
         "split": {"test_fraction": cfg.test_fraction, "seed": cfg.split_seed,
                   "covered_users_forced_to_train": True},
-        "upper_bound_users": int(len(upper_rows)) if upper is not None else 0,
+        "upper_bound_users": int(len(upper_rows)) if reasoning is not None else 0,
         "settings": cfg.model_dump(mode="json"), "costs": costs, "summary": summary,
         "runs": runs, "fit_seconds": round(time.perf_counter() - t_fit, 1),
         "seconds": round(time.perf_counter() - t_start, 1),
