@@ -173,6 +173,8 @@ def plot_coverage(results: dict[str, Any], out: Path) -> Path | None:
         if default:
             ax.axvline(default * 100, color="grey", lw=0.8, ls="--", label="default coverage")
         ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(cov * 100, [f"{c * 100:.3g}%" for c in cov])
         ax.set_xlabel("users the LLM reasoned about (% of population)")
         ax.set_ylabel(f"Δ {title} vs profile only")
         ax.set_title(f"coverage against uplift: {title}")
