@@ -70,6 +70,12 @@ COST_HEADER = ["feature set", "teacher users", "student users", "LLM calls", "LL
                "LLM seconds", "encoder / sentence-model seconds"]
 
 
+def _sample_size(results: dict[str, Any], block: str) -> str:
+    r = _rows(results, block)[0]
+    n = r["all.revenue.n"]
+    return f"{n:,} test users, {round(n * r['all.revenue.positive_rate']):,} of them payers"
+
+
 def comparison_markdown(results: dict[str, Any], block: str = "main") -> str:
     rows = _rows(results, block)
     header = ["feature set"] + [f"{h} ({'low-act.' if s == 'low_activity' else 'all'})"
@@ -222,12 +228,14 @@ def write_report(results: dict[str, Any], predictions: Path, out: Path) -> Path:
         n = results["upper_bound_users"]
         parts += [f"## Upper bound on a {n:,}-user sample", "",
                   f"The student LLM reasoned about {n:,} users (this preset cannot afford every "
-                  "user); A, C and D are fitted and tested on that sample only, so the "
-                  "numbers are noisier than the main table's.", "",
+                  "user); A, C and D are fitted and tested on that sample only: "
+                  f"{_sample_size(results, 'upper_bound')}, so expect wide seed spreads and "
+                  "read small differences as noise.", "",
                   comparison_markdown(results, "upper_bound"), "",
                   uplift_markdown(results, "upper_bound"), ""]
     parts += ["## Cost of each feature set", "",
-              _md_table(COST_HEADER, [[k] + _cost_cells(c) for k, c in results["costs"].items()]),
+              _md_table(COST_HEADER, [[k] + _cost_cells(results["costs"][k])
+                                      for k in dict.fromkeys(r["set"] for r in results["summary"])]),
               "", "LLM seconds: teacher scoring + student training + student inference, as "
               "measured on this machine. Calls: teacher scoring calls; student: one prompt pass "
               "plus one step per state type per user.", ""]
@@ -260,7 +268,7 @@ def console_tables(results: dict[str, Any]) -> list[Table]:
         rows = _rows(results, block)
         if not rows:
             continue
-        t = Table(title=title)
+        t = Table(title=f"{title} ({_sample_size(results, block)})")
         t.add_column("feature set", no_wrap=True)
         for s, k in HEADLINE:
             t.add_column(SHORT[k] + (" low-act." if s == "low_activity" else ""), justify="right",
