@@ -55,7 +55,7 @@ from trainers.evaluate import (  # noqa: E402
     split_test,
     training_frame,
 )
-from trainers.student_stage import torch_threads  # noqa: E402
+from scaletot_features.runtime import torch_threads  # noqa: E402
 
 
 def perfect_targets(data_dir: Path, users: np.ndarray, taxonomy) -> pa.Table:

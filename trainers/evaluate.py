@@ -516,7 +516,7 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from trainers.report import write_report
-    from trainers.student_stage import torch_threads
+    from scaletot_features.runtime import torch_threads
 
     console = console or Console()
     data_dir = Path(data_dir).resolve()

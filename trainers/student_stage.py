@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from scaletot_features.config import Settings
 from scaletot_features.data.io import DatasetLayout, read_table, write_json_atomic
+from scaletot_features.runtime import torch_threads  # noqa: F401 - also imported from here
 from scaletot_features.data.labels import label_names
 
 STAGES = ("sft", "osipo", "infer")
@@ -75,20 +76,6 @@ class ResourceMeter:
     def as_dict(self) -> dict[str, float | None]:
         return {"peak_rss_mb": round(self.peak_rss_mb, 1), "start_rss_mb": round(self.start_rss_mb, 1),
                 "peak_cuda_mb": self.peak_cuda_mb, "wall_seconds": round(self.seconds, 2)}
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run a block with ``n`` torch CPU threads (None: leave torch's setting), then restore."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def student_paths(data_dir: Path) -> dict[str, Path]:

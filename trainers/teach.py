@@ -35,6 +35,7 @@ from scaletot_features.profile import FieldKind, ProfileSchema
 from scaletot_features.reasoning.coverage import population_segments, select_coverage
 from scaletot_features.reasoning.scoring import NodeScorer
 from scaletot_features.reasoning.search import SearchConfig, search_chains
+from scaletot_features.runtime import torch_threads
 from scaletot_features.taxonomy import Taxonomy
 
 
@@ -193,11 +194,16 @@ def teach(
     if not todo_ids:
         return TeachSummary(len(selected), 0, 0, len(done), 0.0)
 
-    if tc.torch_threads is not None:
-        import torch
+    with torch_threads(tc.torch_threads):
+        written, failed = _teach_users(data_dir, todo_ids, schema, taxonomy, cfg, tc, out,
+                                       backend or make_backend(settings), progress)
+    return TeachSummary(len(selected), written, failed, len(done), time.perf_counter() - t0)
 
-        torch.set_num_threads(tc.torch_threads)
-    backend = backend or make_backend(settings)
+
+def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, taxonomy: Taxonomy,
+                 cfg: SearchConfig, tc, out, backend: LLMBackend,
+                 progress: bool) -> tuple[int, int]:
+    """Teach ``todo_ids`` in checkpointed parts; returns (chains written, users failed)."""
     scorer = NodeScorer(backend, taxonomy, tc.scoring)
     scorer.prime()
     rows = _profile_rows(data_dir, pa.array(todo_ids, pa.int64()))
@@ -223,7 +229,7 @@ def teach(
             written += len(good)
             failed += len(bad)
             bar.advance(task, len(part_rows))
-    return TeachSummary(len(selected), written, failed, len(done), time.perf_counter() - t0)
+    return written, failed
 
 
 def _teach_part(rows: list[dict], schema: ProfileSchema, scorer: NodeScorer,

@@ -48,6 +48,7 @@ from scaletot_features.data.io import (
     write_parquet_atomic,
 )
 from scaletot_features.encoder.artifact import load_encoder
+from scaletot_features.runtime import torch_threads
 from scaletot_features.encoder.model import Encoder
 from scaletot_features.profile import ID_COLUMN, TIMESTAMP_TYPE, ProfileSchema
 from scaletot_features.taxonomy import Taxonomy
@@ -321,16 +322,8 @@ def _with_threads(threads: int | None, fn: Any, *args: Any) -> Any:
     One torch thread by default: the reader and writer threads need the second core, and on
     two shared cores OpenMP's fork/join made 2 threads slower (36k vs 85k users/s measured).
     """
-    import torch
-
-    if not threads:
+    with torch_threads(threads):
         return fn(*args)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return fn(*args)
-    finally:
-        torch.set_num_threads(before)
 
 
 def embed_population(data_dir: Path | str, settings: Settings, engine: str | None = None,
