@@ -128,7 +128,7 @@ def main() -> None:
     runs: list = []
     with torch_threads(cfg.torch_threads):
         runs += fit_block("main", sets, profiles, y, test_p, low, np.arange(len(ids)), settings,
-                          schema, [], lambda m: console.print(f"  fit {m}"))
+                          schema, [], lambda msg, done: done or console.print(f"  fit {msg}"))
     summary = aggregate(runs)
     table = Table(title="LTV uplift over A with an encoder distilled from the TRUE states "
                         f"({int(test_p.sum()):,} test users, seeds {cfg.seeds})")

@@ -23,7 +23,6 @@ a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil

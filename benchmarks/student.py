@@ -136,7 +136,8 @@ def main() -> None:
     from scaletot_features.llm.hf import TransformersBackend
     from scaletot_features.reasoning.student import outcome_reward, profile_texts, student_model_id
     from trainers.sft import split_user_ids
-    from trainers.student_stage import osipo_config, outcome_rows, student_paths, torch_threads
+    from scaletot_features.runtime import torch_threads
+    from trainers.student_stage import osipo_config, outcome_rows, student_paths
     from trainers.teach import load_chains
 
     console = Console(width=max(Console().width, 150))

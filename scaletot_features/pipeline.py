@@ -14,6 +14,7 @@ from rich.console import Console
 from scaletot_features.config import Settings
 from scaletot_features.data.io import DatasetLayout, is_current, read_json
 
+
 def run_demo(settings: Settings, console: Console) -> int:
     """Returns the process exit code: 0 when every implemented stage passed."""
     from scaletot_features.data.synthetic import generate_population

@@ -25,6 +25,18 @@ def tiny_population(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run faster on one thread (and the shared 2-vCPU machines punish two).
+
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    from scaletot_features.runtime import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture()
 def population_copy(tiny_population, tmp_path) -> Path:
     """A private copy of the tiny population for tests that corrupt or extend it."""

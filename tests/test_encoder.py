@@ -31,6 +31,7 @@ from scaletot_features.encoder import (
 )
 from scaletot_features.encoder.model import MISSING_ID, OOV_ID, UNKNOWN_ID
 from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA
+from scaletot_features.runtime import torch_threads
 from scaletot_features.taxonomy import DEFAULT_TAXONOMY
 from trainers.distill_encoder import (
     TargetsError,
@@ -65,14 +66,10 @@ def build_targets(population: Path, root: Path, users: int = 24) -> Path:
         data = root / f"data-{users}"
         shutil.copytree(population, data)
         settings = encoder_settings(users)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # the tiny LLM's small matmuls: 4x faster on 2 shared cores
-        try:
+        with torch_threads(1):  # the tiny LLM's small matmuls: 4x faster on 2 shared cores
             teach(data, settings, backend=load_backend("tiny-random"), progress=False)
             chain_targets(data, load_chains(data), load_backend("tiny-random"),
                           data / "targets", settings.taxonomy())
-        finally:
-            torch.set_num_threads(threads)
         _BUILT[key] = data
     return _BUILT[key]
 

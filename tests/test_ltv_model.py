@@ -25,6 +25,8 @@ from trainers.evaluate import (
 )
 from trainers.ltv import LTVModel
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def frame(tiny_population):
@@ -39,7 +41,6 @@ def _fit(frame, seed=0, dense=None, epochs=8):
     n = profiles.num_rows
     train = np.arange(n) % 4 != 0
     idx = np.flatnonzero(train)
-    torch.set_num_threads(1)
     model = LTVModel(DEFAULT_PROFILE_SCHEMA, epochs=epochs, seed=seed, batch_size=256)
     fitted = model.fit(profiles.take(pa.array(idx)), rev[idx], act[idx],
                        None if dense is None else dense[idx])
@@ -77,6 +78,12 @@ def test_dense_features_are_used_and_checked(frame):
     model = LTVModel(DEFAULT_PROFILE_SCHEMA, epochs=1).fit(profiles, rev, act, leak)
     with pytest.raises(ValueError, match="shape"):
         model.predict(profiles, leak[:, :1])
+    # standardised dense inputs are clipped to +-5: one extreme user cannot blow up the ZILN mean
+    far = leak.copy()
+    far[0] = 1e6
+    z = model._dense(far, len(far))
+    assert float(z.abs().max()) == pytest.approx(5.0)
+    assert np.isfinite(model.predict(profiles, far).revenue).all()
     bad = leak.copy()
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):

@@ -17,13 +17,7 @@ from trainers.sft import ensure_split, make_split, sft_records, split_path, trai
 from trainers.teach import load_chains, teach
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run faster on one thread (and the shared 2-vCPU machines punish two)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _settings(**student):

@@ -21,13 +21,7 @@ from trainers.student_stage import covered_user_ids, run_inference, student_path
 from trainers.teach import teach
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run faster on one thread (and the shared 2-vCPU machines punish two)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PROFILES = ["age: 34\ndevice: iPhone 15 Pro\nacquisition channel: paid_social",
             "(no profile information)",

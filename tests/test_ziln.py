@@ -16,6 +16,7 @@ from scaletot_features.ltv.ziln import (
     ziln_loss,
     ziln_predict,
 )
+from scaletot_features.runtime import torch_threads
 
 LOGITS = [[0.5, 1.0, 0.3], [-1.0, 0.2, -0.5], [2.0, -0.3, 1.2]]
 LABELS = [2.5, 0.0, 0.7]
@@ -105,16 +106,12 @@ def _fit(loss_fn, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float) -> to
     torch.manual_seed(0)
     model = torch.nn.Linear(x.shape[1], 3).double()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         for _ in range(steps):
             opt.zero_grad()
             loss = loss_fn(model(x), y)
             loss.backward()
             opt.step()
-    finally:
-        torch.set_num_threads(threads)
     return model
 
 

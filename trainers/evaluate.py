@@ -185,10 +185,10 @@ def one_hot_states(table: pa.Table, taxonomy: Taxonomy) -> np.ndarray:
 
 def align(table: pa.Table, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(frame rows, table rows) of the users present in both."""
-    theirs = table.column(ID_COLUMN).to_numpy()
-    pos = {int(u): i for i, u in enumerate(theirs)}
-    rows = np.array([i for i, u in enumerate(user_ids) if int(u) in pos], dtype=np.int64)
-    return rows, np.array([pos[int(user_ids[i])] for i in rows], dtype=np.int64)
+    pos = pc.index_in(pa.array(user_ids, pa.int64()), value_set=table.column(ID_COLUMN))
+    pos = pc.fill_null(pos, -1).to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(pos >= 0)
+    return rows, pos[rows].astype(np.int64)
 
 
 def profile_text_matrix(data_dir: Path, table: pa.Table, schema: ProfileSchema,
@@ -197,7 +197,7 @@ def profile_text_matrix(data_dir: Path, table: pa.Table, schema: ProfileSchema,
     from scaletot_features.encoder.model import TextEmbedder
 
     out = eval_dir(data_dir) / "profile_text_embedding.parquet"
-    meta = eval_dir(data_dir) / "profile_text_embedding.json"
+    meta = run_summary_path(out)
     if is_current(out, DatasetLayout(data_dir).profiles) and meta.exists():
         cached = read_table(out)
         if np.array_equal(cached.column(ID_COLUMN).to_numpy(), table.column(ID_COLUMN).to_numpy()):
@@ -272,21 +272,18 @@ def student_reasoning(data_dir: Path, settings: Settings, user_ids: np.ndarray,
     for k, start in enumerate(range(0, len(todo), size)):
         chunk = root / f"chunk-{k:05d}"
         ids = todo[start:start + size]
-        ids_file = chunk / "user_ids.json"
-        current = is_current(chunk, model_dir) and ids_file.exists() and \
-            json.loads(ids_file.read_text()) == ids.tolist()
-        if not current:
+        done = read_table(chunk / "chains") if is_current(chunk, model_dir) else None
+        if done is None or done.column(ID_COLUMN).to_pylist() != ids.tolist():
             console.print(f"  student reasoning: users {start + 1:,}-{start + len(ids):,} "
                           f"of {len(todo):,} new")
             with atomic_dir(chunk, overwrite=True) as tmp:
                 summary = run_inference(data_dir, settings, user_ids=ids.tolist(),
                                         out_dir=tmp / "chains", progress=progress)
-                (tmp / "user_ids.json").write_text(json.dumps(ids.tolist()))
                 write_json_atomic(summary, tmp / "summary.json")
+            done = read_table(chunk / "chains")
             ran += len(ids)
-        summary = read_json(chunk / "summary.json")
-        seconds += float(summary.get("seconds", 0.0))
-        tables.append(read_table(chunk / "chains"))
+        seconds += float(read_json(chunk / "summary.json")["seconds"])
+        tables.append(done)
     chains = pa.concat_tables(tables, promote_options="default")
     covered_summary = read_json(paths["chains_summary"]) if paths["chains_summary"].exists() else {}
     return chains, {"new_users": int(len(todo)), "ran_now": ran, "new_seconds": seconds,
@@ -325,26 +322,28 @@ def teacher_cost(data_dir: Path) -> dict[str, Any]:
 
 def sweep_point(data_dir: Path, settings: Settings, chains: pa.Table, users: np.ndarray,
                 console: Console, progress: bool) -> tuple[Path, dict[str, float]]:
-    """Distil an encoder on ``users``' student reasoning and embed everyone; cached."""
+    """Distil an encoder on ``users``' student reasoning and embed everyone; cached.
+
+    Returns the features folder and the seconds each stage took (from its run summary)."""
     from scaletot_features.encoder import embed_population
     from trainers.distill_encoder import distill_encoder
 
     root = eval_dir(data_dir) / "sweep" / f"users-{len(users):07d}"
     targets, enc, feats = root / "targets.parquet", root / "encoder", root / "features"
-    ids_file = root / "user_ids.json"
-    same = ids_file.exists() and json.loads(ids_file.read_text()) == sorted(users.tolist())
-    if not same or not is_current(feats, targets) or not is_current(targets, *chains_sources(data_dir)):
+    same = targets.exists() and \
+        sorted(read_table(targets, columns=[ID_COLUMN]).column(ID_COLUMN).to_pylist()) == \
+        sorted(users.tolist())
+    if not same or not is_current(feats, targets) or \
+            not is_current(targets, *chains_sources(data_dir)):
         sub = chains.filter(pc.is_in(chains.column(ID_COLUMN), value_set=pa.array(users)))
         write_parquet_atomic(sub, targets)
-        d = distill_encoder(data_dir, settings, targets=targets, out=enc, progress=False)
-        e = embed_population(data_dir, settings, encoder_folder=enc, out=feats, progress=False)
-        ids_file.parent.mkdir(parents=True, exist_ok=True)
-        ids_file.write_text(json.dumps(sorted(users.tolist())))
-        write_json_atomic({"distill_seconds": d["seconds"], "embed_seconds": e["seconds"]},
-                          root / "cost.json")
-        console.print(f"  sweep: encoder on {len(users):,} users' reasoning "
-                      f"(distil {d['seconds']:.1f} s, embed {e['seconds']:.1f} s)")
-    return feats, read_json(root / "cost.json")
+        distill_encoder(data_dir, settings, targets=targets, out=enc, progress=False)
+        embed_population(data_dir, settings, encoder_folder=enc, out=feats, progress=False)
+    seconds = {name: float(read_json(run_summary_path(path))["seconds"])
+               for name, path in (("distill", enc), ("embed", feats))}
+    console.print(f"  sweep: encoder on {len(users):,} users' reasoning "
+                  f"(distil {seconds['distill']:.1f} s, embed {seconds['embed']:.1f} s)")
+    return feats, seconds
 
 
 def chains_sources(data_dir: Path) -> list[Path]:
@@ -404,7 +403,7 @@ def reasoning_sets(data_dir: Path, settings: Settings, frame: pa.Table, ids: np.
             f"C@{n}", f"C @ {n:,} LLM users",
             reasoning_matrix(table.take(pa.array(theirs)), taxonomy),
             {**llm_cost(n), "coverage": n / len(ids),
-             "encoder_seconds": round(spent["distill_seconds"] + spent["embed_seconds"], 1)}))
+             "encoder_seconds": round(sum(spent.values()), 1)}))
 
     # (D) the student's typed states and its representation, mapped to the encoder's target
     # space by the default encoder's fixed projection (so C is D's distilled approximation)

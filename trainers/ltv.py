@@ -12,10 +12,10 @@ The profile is read exactly as the encoder reads it (:class:`FieldInputs` over a
 :class:`Featurizer` fitted on the training users: categorical embeddings, standardised numbers with
 missing flags, bags of words for text and tags), so feature set A is a strong profile-only model,
 not a strawman. Dense extras (a sentence embedding, reasoning features) are standardised on the
-training users and enter through one linear layer.
+training users, clipped to +-5 like the featuriser's numbers, and enter through one linear layer.
 
 scikit-learn style: ``__init__`` stores parameters, ``fit`` returns self, learned attributes end
-in ``_``. Early stopping on a hashed validation slice of the training users keeps the best epoch.
+in ``_``. Early stopping on a seeded validation slice of the training users keeps the best epoch.
 """
 
 from __future__ import annotations
@@ -29,7 +29,13 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from scaletot_features.encoder.model import Features, FieldInputs, Featurizer, NetworkShape
+from scaletot_features.encoder.model import (
+    NUMERIC_CLIP,
+    Features,
+    FieldInputs,
+    Featurizer,
+    NetworkShape,
+)
 from scaletot_features.ltv.ziln import (
     count_loss,
     count_predict,
@@ -115,7 +121,10 @@ class LTVModel:
                              f"got {got}")
         if not np.isfinite(dense).all():
             raise ValueError("dense features contain NaN or inf")
-        z = (dense - self.dense_mean_) / self.dense_std_
+        # clipped like the featuriser's numbers: a near-constant column (a state value the
+        # encoder almost never gives) has a tiny std, and one unusual user at z = 50 made the
+        # ZILN mean explode (a 2.7M prediction against a mean revenue of 1.5, measured)
+        z = np.clip((dense - self.dense_mean_) / self.dense_std_, -NUMERIC_CLIP, NUMERIC_CLIP)
         return torch.from_numpy(z.astype(np.float32))
 
     def _losses(self, feats: Features, dense: torch.Tensor | None, revenue: torch.Tensor,

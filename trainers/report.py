@@ -18,14 +18,12 @@ from rich.table import Table
 from scaletot_features.data.io import read_table
 from scaletot_features.ltv.metrics import gain_curve
 
-COLUMNS: list[tuple[str, str]] = [  # (summary key without slice, header)
-    ("revenue.gini", "revenue Gini"),
-    ("revenue.auc", "payer AUC"),
-    ("revenue.spearman", "revenue Spearman"),
-    ("revenue.decile_mape", "revenue decile MAPE"),
-    ("active.gini", "lt30 Gini"),
-    ("active.auc", "retained AUC"),
-]
+HEADERS: dict[str, str] = {  # summary key without the slice -> column header
+    "revenue.gini": "revenue Gini", "revenue.auc": "payer AUC",
+    "revenue.spearman": "revenue Spearman", "revenue.decile_mape": "revenue decile MAPE",
+    "active.gini": "lt30 Gini", "active.auc": "retained AUC",
+    "active.spearman": "lt30 Spearman", "active.decile_mape": "lt30 decile MAPE",
+}
 HEADLINE = [("all", "revenue.gini"), ("low_activity", "revenue.gini"), ("all", "revenue.auc"),
             ("all", "active.gini"), ("low_activity", "active.gini"), ("all", "active.auc")]
 
@@ -56,13 +54,13 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _cost_cells(c: dict[str, Any]) -> list[str]:
-    llm_users = (c.get("teacher_users", 0) or 0)
+    llm_users = c.get("teacher_users", 0) or 0
     calls = (c.get("teacher_calls", 0) or 0) + (c.get("student_calls", 0) or 0)
     tokens = (c.get("teacher_tokens", 0) or 0) + (c.get("student_tokens", 0) or 0)
     seconds = sum(float(c.get(k, 0) or 0) for k in
                   ("teacher_seconds", "student_training_seconds", "student_seconds"))
     other = sum(float(c.get(k, 0) or 0) for k in ("encoder_seconds", "sentence_model_seconds"))
-    return [f"{llm_users:,}" if llm_users else "0", f"{c.get('student_users', 0) or 0:,}",
+    return [f"{llm_users:,}", f"{c.get('student_users', 0) or 0:,}",
             f"{calls:,}", f"{tokens:,}", f"{seconds:,.0f}", f"{other:,.1f}"]
 
 
@@ -76,41 +74,36 @@ def _sample_size(results: dict[str, Any], block: str) -> str:
     return f"{n:,} test users, {round(n * r['all.revenue.positive_rate']):,} of them payers"
 
 
-def comparison_markdown(results: dict[str, Any], block: str = "main") -> str:
-    rows = _rows(results, block)
-    header = ["feature set"] + [f"{h} ({'low-act.' if s == 'low_activity' else 'all'})"
-                                for s, k in HEADLINE for h in [dict(COLUMNS)[k]]]
-    body = [[r["label"]] + [_cell(r, f"{s}.{k}") for s, k in HEADLINE] for r in rows]
-    return _md_table(header, body)
+MORE = [(s, k) for k in ("revenue.spearman", "revenue.decile_mape", "active.spearman",
+                         "active.decile_mape") for s in ("all", "low_activity")]
+
+
+def _header(s: str, k: str) -> str:
+    return f"{HEADERS[k]} ({'low-act.' if s == 'low_activity' else 'all'})"
+
+
+def comparison_markdown(results: dict[str, Any], block: str = "main",
+                        cells: list[tuple[str, str]] = HEADLINE) -> str:
+    body = [[r["label"]] + [_cell(r, f"{s}.{k}") for s, k in cells]
+            for r in _rows(results, block)]
+    return _md_table(["feature set"] + [_header(s, k) for s, k in cells], body)
 
 
 def uplift_markdown(results: dict[str, Any], block: str = "main") -> str:
     rows = [r for r in _rows(results, block) if r["set"] != "A"]
-    header = ["vs A (same seeds)"] + [f"Δ {dict(COLUMNS)[k]} ({'low-act.' if s == 'low_activity' else 'all'})"
-                                      for s, k in HEADLINE]
+    header = ["vs A (same seeds)"] + [f"Δ {_header(s, k)}" for s, k in HEADLINE]
     body = [[r["label"]] + [_cell(r, f"{s}.{k}", uplift=True) for s, k in HEADLINE] for r in rows]
     return _md_table(header, body)
 
 
 def sweep_uplift(results: dict[str, Any], key: str = "revenue.gini"
                  ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """(coverage fractions, per slice (mean uplift over A, its std)) for the sweep points."""
-    main_a = {r["seed"]: r for r in results["runs"] if r["block"] == "main" and r["set"] == "A"}
-    pts = sorted({r["set"] for r in results["runs"] if r["block"] == "sweep"},
-                 key=lambda k: results["costs"][k]["coverage"])
-    cov = np.array([results["costs"][k]["coverage"] for k in pts])
-    out = {}
-    for s in ("all", "low_activity"):
-        t, m = key.split(".")
-        means, stds = [], []
-        for k in pts:
-            d = [r["metrics"][s][t][m] - main_a[r["seed"]]["metrics"][s][t][m]
-                 for r in results["runs"] if r["block"] == "sweep" and r["set"] == k
-                 and r["seed"] in main_a]
-            means.append(float(np.mean(d)))
-            stds.append(float(np.std(d, ddof=1)) if len(d) > 1 else 0.0)
-        out[s] = (np.array(means), np.array(stds))
-    return cov, out
+    """(coverage fractions, per slice (mean paired uplift over A, its sd)) of the sweep points."""
+    pts = sorted(_rows(results, "sweep"), key=lambda r: results["costs"][r["set"]]["coverage"])
+    cov = np.array([results["costs"][r["set"]]["coverage"] for r in pts])
+    return cov, {s: (np.array([r[f"{s}.{key}.uplift"] for r in pts]),
+                     np.array([r[f"{s}.{key}.uplift_std"] for r in pts]))
+                 for s in ("all", "low_activity")}
 
 
 def plot_gain_curves(results: dict[str, Any], predictions: Path, out: Path) -> Path:
@@ -215,6 +208,11 @@ def write_report(results: dict[str, Any], predictions: Path, out: Path) -> Path:
         "## Uplift over A, paired by seed",
         "",
         uplift_markdown(results),
+        "",
+        "Rank correlation and calibration (decile MAPE: mean |predicted - actual| / actual over "
+        "prediction deciles, deciles with no actual value left out):",
+        "",
+        comparison_markdown(results, cells=MORE),
         "",
         f"![gain curves]({gains.name})",
         "",

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from scaletot_features.config import Settings
 from scaletot_features.data.io import DatasetLayout, read_table, write_json_atomic
-from scaletot_features.runtime import torch_threads  # noqa: F401 - also imported from here
+from scaletot_features.runtime import torch_threads
 from scaletot_features.data.labels import label_names
 
 STAGES = ("sft", "osipo", "infer")

@@ -48,9 +48,9 @@ from scaletot_features.data.io import (
     write_parquet_atomic,
 )
 from scaletot_features.encoder.artifact import load_encoder
-from scaletot_features.runtime import torch_threads
 from scaletot_features.encoder.model import Encoder
 from scaletot_features.profile import ID_COLUMN, TIMESTAMP_TYPE, ProfileSchema
+from scaletot_features.runtime import torch_threads
 from scaletot_features.taxonomy import Taxonomy
 
 FEATURES_TABLE = "reasoning_features"
@@ -316,16 +316,6 @@ def _plain(col: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
 # --------------------------------------------------------------------------- entry point
 
 
-def _with_threads(threads: int | None, fn: Any, *args: Any) -> Any:
-    """Run ``fn`` with torch's intra-op threads set to ``threads`` (restored afterwards).
-
-    One torch thread by default: the reader and writer threads need the second core, and on
-    two shared cores OpenMP's fork/join made 2 threads slower (36k vs 85k users/s measured).
-    """
-    with torch_threads(threads):
-        return fn(*args)
-
-
 def embed_population(data_dir: Path | str, settings: Settings, engine: str | None = None,
                      progress: bool = True, batch_size: int | None = None,
                      encoder_folder: Path | None = None, out: Path | None = None
@@ -351,8 +341,11 @@ def embed_population(data_dir: Path | str, settings: Settings, engine: str | Non
     t0 = time.perf_counter()
     with atomic_dir(target, overwrite=True) as tmp:
         if engine == "local":
-            rows = _with_threads(settings.encoder.embed_threads, embed_local, encoder, profiles,
-                                 tmp, batch_size, schema, progress)
+            # one torch thread by default: the reader and writer threads need the second core,
+            # and on two shared cores OpenMP's fork/join made 2 threads slower (36k vs 85k
+            # users/s measured)
+            with torch_threads(settings.encoder.embed_threads):
+                rows = embed_local(encoder, profiles, tmp, batch_size, schema, progress)
         else:
             del encoder  # each Ray actor loads its own
             rows = embed_ray(folder, profiles, tmp, batch_size, schema, settings, progress)
