@@ -65,5 +65,17 @@ def naive_logprob_ids(backend: TransformersBackend, p: list[int], c: list[int]) 
     return float(sum(logp[len(p) + j - 1, tok].item() for j, tok in enumerate(c)))
 
 
+# Sums of fp32 token log-probs: batching, padding and the thread count change the kernels'
+# summation order by a few 1e-6 per token, so sums of ~40 nats differ by ~1e-4. The tolerance
+# scales with the value (relative) on top of a small absolute floor for near-zero sums.
+LOGPROB_RTOL = 1e-4
+LOGPROB_ATOL = 1e-4
+
+
+def assert_logprobs_close(got, want) -> None:
+    np.testing.assert_allclose(np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64),
+                               rtol=LOGPROB_RTOL, atol=LOGPROB_ATOL)
+
+
 def naive_scores(backend: TransformersBackend, prefixes: list[str], continuations: list[str]) -> np.ndarray:
     return np.array([naive_logprob(backend, p, c) for p, c in zip(prefixes, continuations)])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest_llm import (  # noqa: F401  (fixtures)
+    assert_logprobs_close,
     naive_logprob,
     naive_logprob_ids,
     naive_scores,
@@ -63,7 +64,7 @@ def test_shared_prefix_scores_equal_naive_scores(
     monkeypatch.setattr(tiny_backend, "batch_size", batch_size)
     scores = tiny_backend.score_continuations(PROFILE, DESCRIPTIONS)
     naive = naive_scores(tiny_backend, [PROFILE] * len(DESCRIPTIONS), DESCRIPTIONS)
-    np.testing.assert_allclose(scores, naive, atol=1e-4, rtol=0)
+    assert_logprobs_close(scores, naive)
 
 
 def test_one_scoring_call_and_prefix_counted_once(tiny_backend: TransformersBackend) -> None:
@@ -93,7 +94,7 @@ def test_shared_prefix_runs_prefix_once_and_candidates_in_one_batch(
 def test_empty_prefix_and_empty_continuation(tiny_backend: TransformersBackend) -> None:
     scores = tiny_backend.score_continuations("", [" hello", ""])
     assert scores[1] == 0.0
-    assert scores[0] == pytest.approx(naive_logprob(tiny_backend, "", " hello"), abs=1e-4)
+    assert_logprobs_close(scores[0], naive_logprob(tiny_backend, "", " hello"))
     assert tiny_backend.score_continuations("x", []).shape == (0,)
 
 
@@ -105,7 +106,7 @@ def test_score_pairs_equal_naive_scores(
     prefixes = [f"This user is{d}{' Their profile reads:' * (i % 3)}" for i, d in enumerate(DESCRIPTIONS)]
     tails = [PROFILE, " short", PROFILE + PROFILE, "\nage 30", " x"]
     scores = tiny_backend.score_pairs(prefixes, tails)
-    np.testing.assert_allclose(scores, naive_scores(tiny_backend, prefixes, tails), atol=1e-4, rtol=0)
+    assert_logprobs_close(scores, naive_scores(tiny_backend, prefixes, tails))
     assert tiny_backend.usage.scoring_calls == 1
     with pytest.raises(ValueError, match="one continuation per prefix"):
         tiny_backend.score_pairs(prefixes, tails[:2])
@@ -122,7 +123,7 @@ def test_long_prefixes_lose_their_oldest_tokens(
     shared = tiny_backend.score_continuations(long_prefix, [cont])
     paired = tiny_backend.score_pairs([long_prefix], [cont])
     expected = naive_logprob_ids(tiny_backend, kept, cont_ids)
-    np.testing.assert_allclose([shared[0], paired[0]], [expected] * 2, atol=1e-4)
+    assert_logprobs_close([shared[0], paired[0]], [expected] * 2)
     with pytest.raises(ValueError, match="max_length"):
         tiny_backend.score_pairs(["a"], [PROFILE * 10])
 
@@ -185,13 +186,10 @@ def test_hidden_states_pool_the_span(tiny_backend: TransformersBackend, monkeypa
 def test_packaged_shared_prefix_and_pairs_equal_naive(packaged_backend: TransformersBackend) -> None:
     scores = packaged_backend.score_continuations(PROFILE, DESCRIPTIONS)
     naive = naive_scores(packaged_backend, [PROFILE] * len(DESCRIPTIONS), DESCRIPTIONS)
-    np.testing.assert_allclose(scores, naive, atol=1e-4, rtol=0)
+    assert_logprobs_close(scores, naive)
     heads = [f"This user is{d[len(' This user is'):]} Their profile reads:\n" for d in DESCRIPTIONS]
     pairs = packaged_backend.score_pairs(heads, [PROFILE] * len(heads))
-    # fp32 sums of ~40 token log-probs of about -3 each: padded batches change the kernels'
-    # summation order by a few 1e-6 per token, so allow 1e-5 relative on top of 1e-4.
-    naive_pairs = naive_scores(packaged_backend, heads, [PROFILE] * len(heads))
-    np.testing.assert_allclose(pairs, naive_pairs, atol=1e-4, rtol=1e-5)
+    assert_logprobs_close(pairs, naive_scores(packaged_backend, heads, [PROFILE] * len(heads)))
     assert packaged_backend.usage.scoring_calls == 2
 
 

@@ -52,7 +52,7 @@ def test_constrained_decoding_matches_a_plain_forward(tiny_backend):
     d = dec.decode(prompts, forced=forced, capture_hidden=True)
     assert d.values == forced
     for i, p in enumerate(prompts):
-        assert np.allclose(d.logps[i], _naive_value_logps(tiny_backend, p, forced[i]), atol=1e-4)
+        assert np.allclose(d.logps[i], _naive_value_logps(tiny_backend, p, forced[i]), rtol=1e-4, atol=1e-4)
         text = chain_text(dict(zip(TAX.type_names, forced[i])))
         whole = tiny_backend.hidden_states([p + text], [(len(p), len(p) + len(text))])[0]
         assert np.allclose(d.representation[i], whole, atol=1e-4)
