@@ -31,10 +31,15 @@ class ChainNode:
     prob: float = 1.0
     entropy: float = 0.0
     evidence: tuple[str, ...] = ()
+    probs: tuple[float, ...] = ()
+    """The full distribution over the type's values, in taxonomy order (empty when unknown,
+    e.g. a chain parsed from text): scores and audits downstream need more than the argmax."""
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.prob <= 1.0) or math.isnan(self.prob):
             raise ValueError(f"node {self.type}: prob {self.prob} outside [0, 1]")
+        if self.probs and (min(self.probs) < 0 or abs(sum(self.probs) - 1.0) > 1e-6):
+            raise ValueError(f"node {self.type}: probs {self.probs} are not a distribution")
         if not (0.0 <= self.entropy <= 1.0 + 1e-9) or math.isnan(self.entropy):
             raise ValueError(f"node {self.type}: normalised entropy {self.entropy} outside [0, 1]")
 
@@ -57,8 +62,13 @@ class Chain:
         return chain_text(self.values())
 
     def validate(self, taxonomy: Taxonomy) -> "Chain":
-        """Raise ChainParseError unless the nodes are exactly the taxonomy's types, in order."""
+        """Raise ChainParseError unless the nodes are exactly the taxonomy's types, in order,
+        and each kept distribution has one probability per allowed value."""
         parse_chain_values(self.to_text(), taxonomy)
+        for n in self.nodes:
+            if n.probs and len(n.probs) != len(taxonomy[n.type].values):
+                raise ChainParseError(f"node {n.type}: {len(n.probs)} probs for "
+                                      f"{len(taxonomy[n.type].values)} values")
         return self
 
     def to_record(self) -> dict:
@@ -69,6 +79,7 @@ class Chain:
             rec[f"{n.type}_prob"] = float(n.prob)
             rec[f"{n.type}_entropy"] = float(n.entropy)
             rec[f"{n.type}_evidence"] = list(n.evidence)
+            rec[f"{n.type}_probs"] = [float(x) for x in n.probs] or None
         return rec
 
     @classmethod
@@ -84,6 +95,7 @@ class Chain:
                     prob=float(rec.get(f"{t}_prob", 1.0)),
                     entropy=float(rec.get(f"{t}_entropy", 0.0)),
                     evidence=tuple(rec.get(f"{t}_evidence") or ()),
+                    probs=tuple(rec.get(f"{t}_probs") or ()),
                 )
             )
         chain = cls(tuple(nodes), provenance=rec.get("provenance", "teacher"),

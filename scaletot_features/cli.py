@@ -145,7 +145,7 @@ def teach(
     data_dir: Path = typer.Argument(..., help="Dataset directory (validated)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard earlier teacher output."),
     model: Optional[str] = typer.Option(None, "--model", help="'packaged', 'tiny-random' or a folder."),
-    scoring: Optional[str] = typer.Option(None, "--scoring", help="label | calibrated | channel"),
+    scoring: Optional[str] = typer.Option(None, "--scoring", help="label | calibrated | channel | chat | factored"),
     search: Optional[str] = typer.Option(None, "--search", help="entropy | greedy | beam"),
     config: Optional[Path] = ConfigOpt,
     preset: Optional[str] = PresetOpt,

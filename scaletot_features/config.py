@@ -71,8 +71,14 @@ class CoverageConfig(_Section):
 
 class TeacherConfig(_Section):
     backend: Literal["transformers", "vllm"] = "transformers"
-    model: str = Field("packaged", description="'packaged', 'tiny-random' or a local model folder")
-    scoring: Literal["label", "calibrated", "channel"] = "calibrated"
+    model: str = Field("packaged", description="smollm2-135m ('packaged'), qwen2.5-coder-0.5b, "
+                       "qwen2.5-coder-1.5b, gemma3-270m, 'tiny-random' or a local model folder")
+    scoring: Literal["label", "calibrated", "channel", "chat", "factored"] = "calibrated"
+    calibration: Literal["none", "content_free", "batch"] | None = Field(
+        None, description="None = the scoring mode's default (calibrated: content_free; chat and "
+        "factored: batch; label and channel: none)")
+    calibration_sample: int = Field(32, ge=1, description="covered profiles that batch "
+                                    "calibration averages over")
     search: Literal["entropy", "greedy", "beam"] = "entropy"
     tau: float = Field(0.7, ge=0, le=1, description="branch where normalised entropy > tau")
     width: int = Field(2, ge=1, description="max live partial chains")

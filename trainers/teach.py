@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -71,7 +72,8 @@ def chain_schema(taxonomy: Taxonomy) -> pa.Schema:
     for t in taxonomy.type_names:
         cols += [pa.field(t, pa.string()), pa.field(f"{t}_prob", pa.float64()),
                  pa.field(f"{t}_entropy", pa.float64()),
-                 pa.field(f"{t}_evidence", pa.list_(pa.string()))]
+                 pa.field(f"{t}_evidence", pa.list_(pa.string())),
+                 pa.field(f"{t}_probs", pa.list_(pa.float64()))]
     cols += [pa.field("provenance", pa.string()), pa.field("model_id", pa.string()),
              pa.field("scoring", pa.string()), pa.field("search", pa.string()),
              pa.field("logp", pa.float64()), pa.field("scoring_calls", pa.int32()),
@@ -88,6 +90,7 @@ def _config_key(settings: Settings, taxonomy: Taxonomy) -> str:
     t, c = settings.teacher, settings.coverage
     blob = json.dumps({"coverage": c.model_dump(mode="json"), "model": t.model,
                        "backend": t.backend, "scoring": t.scoring, "search": t.search,
+                       "calibration": t.calibration, "calibration_sample": t.calibration_sample,
                        "tau": t.tau, "width": t.width, "max_expansions": t.max_expansions,
                        "taxonomy": taxonomy.fingerprint()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -149,6 +152,15 @@ def _profile_rows(data_dir: Path, user_ids: pa.Array) -> list[dict]:
     return rows.sort_by("user_id").to_pylist()
 
 
+def calibration_sample(data_dir: Path, schema: ProfileSchema, size: int) -> list[str]:
+    """Profile texts batch calibration averages over: ``size`` covered users evenly spaced in
+    user-id order, the same for a resumed run (the whole coverage, not the users still to do)."""
+    ids = sorted(pq.read_table(teacher_layout(data_dir).coverage,
+                               columns=["user_id"]).column("user_id").to_pylist())
+    picked = sorted({ids[i] for i in np.linspace(0, len(ids) - 1, min(size, len(ids))).astype(int)})
+    return [schema.to_text(r) for r in _profile_rows(data_dir, pa.array(picked, pa.int64()))]
+
+
 def make_backend(settings: Settings) -> LLMBackend:
     t = settings.teacher
     if t.backend == "vllm":
@@ -204,8 +216,8 @@ def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, tax
                  cfg: SearchConfig, tc, out, backend: LLMBackend,
                  progress: bool) -> tuple[int, int]:
     """Teach ``todo_ids`` in checkpointed parts; returns (chains written, users failed)."""
-    scorer = NodeScorer(backend, taxonomy, tc.scoring)
-    scorer.prime()
+    scorer = NodeScorer(backend, taxonomy, tc.scoring, tc.calibration)
+    scorer.prime(calibration_sample(data_dir, schema, tc.calibration_sample))
     rows = _profile_rows(data_dir, pa.array(todo_ids, pa.int64()))
     out_schema = chain_schema(taxonomy)
     next_part = len(parquet_files(out.chains)) if out.chains.exists() else 0

@@ -75,6 +75,11 @@ class LLMBackend(Protocol):
         """log p(continuation_i | prefix_i) for unrelated pairs (noisy-channel mode), shape (n,)."""
         ...
 
+    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str:
+        """The model's own chat template applied to ``messages``, ending where the assistant's
+        answer starts; refused (ValueError) for a model without a chat template."""
+        ...
+
     def generate(
         self,
         prompts: Sequence[str],
@@ -102,6 +107,22 @@ def encode_prefix(tokenizer: Any, text: str, start_id: int) -> list[int]:
 def encode_continuation(tokenizer: Any, text: str) -> list[int]:
     """Continuation tokens, tokenised alone and without special tokens (see the module doc)."""
     return list(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def render_chat(tokenizer: Any, messages: Sequence[dict[str, str]], model_id: str = "") -> str:
+    """Chat-template text that ends with the assistant header, so the next token is the answer.
+
+    The template's own leading BOS is dropped when the tokenizer adds one anyway (Gemma), so a
+    rendered prompt never carries two.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"model {model_id or '?'} has no chat template: use another scoring mode "
+                         "(calibrated, channel) or an instruction-tuned model")
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]:
+        text = text[len(bos):]
+    return text
 
 
 def start_token_id(tokenizer: Any) -> int:

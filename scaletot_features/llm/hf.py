@@ -25,6 +25,7 @@ from scaletot_features.llm.backend import (
     check_pairs,
     encode_continuation,
     encode_prefix,
+    render_chat,
     start_token_id,
 )
 from scaletot_features.llm.packaged import model_id_for, resolve_model, set_offline_env
@@ -80,6 +81,9 @@ class TransformersBackend:
     def continuation_ids(self, text: str) -> list[int]:
         return encode_continuation(self.tokenizer, text)
 
+    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str:
+        return render_chat(self.tokenizer, messages, self.model_id)
+
     def _fit(self, prefix: list[int], cont_len: int) -> list[int]:
         room = self.max_length - cont_len
         if room < 1:
@@ -109,6 +113,9 @@ class TransformersBackend:
 
         for chunk in _chunks(todo, self.batch_size):
             ids, mask = self._pad_right([conts[i] for i in chunk])
+            if ids.shape[1] == 1:  # single-token answers: the prefix pass already scored them
+                scores[chunk] = first[ids[:, 0]].double().cpu().numpy()
+                continue
             batch_cache = copy.deepcopy(cache)
             batch_cache.batch_repeat_interleave(len(chunk))
             attn = torch.cat([mask.new_ones(len(chunk), len(pids)), mask], dim=1)

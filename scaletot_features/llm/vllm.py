@@ -25,6 +25,7 @@ from scaletot_features.llm.backend import (
     check_pairs,
     encode_continuation,
     encode_prefix,
+    render_chat,
     start_token_id,
 )
 from scaletot_features.llm.packaged import model_id_for, resolve_model, set_offline_env
@@ -84,6 +85,9 @@ class VLLMBackend:
 
     def __repr__(self) -> str:
         return f"VLLMBackend({self.model_id!r})"
+
+    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str:
+        return render_chat(self.tokenizer, messages, self.model_id)
 
     # --- scoring -----------------------------------------------------------------------------
 

@@ -1,12 +1,16 @@
 """Every prompt the teacher and the student see, in one place.
 
-Three scoring modes read the same pieces differently (DESIGN.md 4.4):
+The scoring modes read the same pieces differently (DESIGN.md 4.4):
 
 - ``label``: the taxonomy is listed, and each value's *label* is scored after ``<type>:``;
 - ``calibrated``: each value's *description* is scored as a continuation of the profile
   ("This user is a retired older person."), minus the same score after a content-free profile;
 - ``channel``: the *profile* is scored as a continuation of each value's description
-  (log p(profile | "This user is <description>. Their profile reads:")).
+  (log p(profile | "This user is <description>. Their profile reads:"));
+- ``chat``: the model's own chat template, one question per state type as a conversation
+  turn, the value word scored as the start of the assistant's answer (instruct models answer
+  best the way they were tuned);
+- ``factored``: ``chat`` asked about one profile line (one field) at a time.
 
 Continuations start with a space or a newline, so tokenising prefix and continuation apart gives
 the same tokens as tokenising them together for the tokenizers we use.
@@ -84,6 +88,44 @@ def channel_prefixes(state: StateType, taxonomy: Taxonomy, values: list[str]) ->
 
 def channel_continuation(profile_text: str) -> str:
     return "\n" + profile_text
+
+
+# ---- chat mode --------------------------------------------------------------------------------
+
+CHAT_SYSTEM = ("You estimate facts about a person from the sparse profile an app holds about them. "
+               "Answer with exactly one of the options given, nothing else.")
+
+
+def chat_question(state: StateType) -> str:
+    """"Which best describes this user's spending power (how much ...)? Answer with one of: ..."."""
+    return (f"Which best describes this user's {state.name.replace('_', ' ')} "
+            f"({state.description})? Answer with one of: {', '.join(state.value_names)}.")
+
+
+def chat_opening(profile_text: str, state: StateType) -> list[dict[str, str]]:
+    """System message, then the profile and the question about ``state``."""
+    return [{"role": "system", "content": CHAT_SYSTEM},
+            {"role": "user", "content": f"User profile:\n{profile_text}\n\n{chat_question(state)}"}]
+
+
+def chat_messages(profile_text: str, taxonomy: Taxonomy, values: list[str]) -> list[dict[str, str]]:
+    """The conversation so far: the profile with the first question, then one turn per committed
+    node (its answer, the next question), ending on the question of the next node."""
+    msgs = chat_opening(profile_text, taxonomy.types[0])
+    for value, nxt in zip(values, taxonomy.types[1:]):
+        msgs += [{"role": "assistant", "content": value},
+                 {"role": "user", "content": chat_question(nxt)}]
+    return msgs
+
+
+def chat_answers(state: StateType) -> list[str]:
+    """The assistant's answer starts right after the template's header: no leading space."""
+    return list(state.value_names)
+
+
+def profile_lines(profile_text: str) -> list[str]:
+    """One line per present field (profile.to_text's form): the evidence units of ``factored``."""
+    return [] if profile_text == NO_PROFILE else [ln for ln in profile_text.split("\n") if ln]
 
 
 # ---- student (SFT / OSIPO) ----------------------------------------------------------------------

@@ -1,11 +1,27 @@
 """Turn a backend's log-probabilities into a distribution over one node's allowed values.
 
-One call of :meth:`NodeScorer.score` is one "scoring call" in the ToT budget: it scores every
-allowed value of the next node for one partial chain, in one batched backend call.
+One request to :meth:`NodeScorer.score_many` is one "scoring call" in the ToT budget: it scores
+every allowed value of the next node for one partial chain.
+
+Calibration removes the model's preference for some answers regardless of the profile (small
+models put most mass on one value for every user). Every mode's raw log-scores are turned into
+log-probabilities over the values and an offset per state type is subtracted:
+
+- ``content_free``: the log-probabilities after a profile that says nothing (once per type);
+- ``batch``: their mean over a sample of real profiles ("batch calibration", Zhou et al. 2023):
+  the answer the model gives everyone is the one it is least informative about;
+- ``none``: no offset.
+
+``factored`` asks about one profile line (one field) at a time, calibrates each line's answer,
+and adds the calibrated log-probabilities of the lines (a product of experts over a uniform
+prior), so one confusing field cannot swamp the others. Each distinct (type, line) is scored
+once per scorer and cached: the cost grows with distinct field values, not with users. Its
+nodes do not read the chain so far (each field's evidence is asked about on its own).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -13,10 +29,16 @@ import numpy as np
 
 from scaletot_features.llm.backend import LLMBackend
 from scaletot_features.reasoning import prompts
-from scaletot_features.taxonomy import Taxonomy
+from scaletot_features.taxonomy import StateType, Taxonomy
 
-ScoringMode = Literal["label", "calibrated", "channel"]
-SCORING_MODES: tuple[str, ...] = ("label", "calibrated", "channel")
+ScoringMode = Literal["label", "calibrated", "channel", "chat", "factored"]
+SCORING_MODES: tuple[str, ...] = ("label", "calibrated", "channel", "chat", "factored")
+Calibration = Literal["none", "content_free", "batch"]
+CALIBRATIONS: tuple[str, ...] = ("none", "content_free", "batch")
+DEFAULT_CALIBRATION: dict[str, str] = {
+    "label": "none", "calibrated": "content_free", "channel": "none", "chat": "batch",
+    "factored": "batch",
+}
 
 
 @dataclass(frozen=True)
@@ -31,11 +53,15 @@ class NodeDistribution:
         return int(np.argmax(self.probs))
 
 
-def normalise(scores: np.ndarray) -> NodeDistribution:
-    """Softmax of log-scores, and entropy normalised by log |values|."""
+def log_softmax(scores: np.ndarray) -> np.ndarray:
     s = np.asarray(scores, dtype=np.float64)
     s = s - s.max()
-    p = np.exp(s)
+    return s - np.log(np.exp(s).sum())
+
+
+def normalise(scores: np.ndarray) -> NodeDistribution:
+    """Softmax of log-scores, and entropy normalised by log |values|."""
+    p = np.exp(log_softmax(scores))
     p /= p.sum()
     nz = p[p > 0]
     h = float(-(nz * np.log(nz)).sum() / np.log(len(p))) if len(p) > 1 else 0.0
@@ -43,70 +69,128 @@ def normalise(scores: np.ndarray) -> NodeDistribution:
 
 
 class NodeScorer:
-    """Scores the next node of a partial chain under one of the three modes (prompts.py)."""
+    """Scores the next node of a partial chain under one mode (prompts.py) and calibration."""
 
-    def __init__(self, backend: LLMBackend, taxonomy: Taxonomy, mode: ScoringMode = "channel"):
+    def __init__(self, backend: LLMBackend, taxonomy: Taxonomy, mode: ScoringMode = "channel",
+                 calibration: Calibration | None = None):
         if mode not in SCORING_MODES:
             raise ValueError(f"scoring mode {mode!r} not in {SCORING_MODES}")
+        calibration = calibration or DEFAULT_CALIBRATION[mode]  # type: ignore[assignment]
+        if calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration {calibration!r} not in {CALIBRATIONS}")
         self.backend = backend
         self.taxonomy = taxonomy
         self.mode = mode
-        self._content_free: dict[str, np.ndarray] = {}
+        self.calibration = calibration
+        self.offsets: dict[str, np.ndarray] = {}  # type -> log-prob offset, set by prime()
+        self._lines: dict[tuple[str, str], np.ndarray] = {}  # factored: (type, line) -> log-probs
 
-    def content_free(self, type_name: str) -> np.ndarray:
-        """Calibration scores under a content-free profile: once per type, then cached."""
-        if type_name not in self._content_free:
-            state = self.taxonomy[type_name]
-            self._content_free[type_name] = self.backend.score_continuations(
-                prompts.calibrated_content_free_prefix(self.taxonomy),
-                prompts.description_continuations(state),
-            )
-        return self._content_free[type_name]
+    # --- calibration ---------------------------------------------------------------------------
 
-    def prime(self) -> None:
-        """Compute every per-taxonomy cache up front, so per-user cost excludes it."""
-        if self.mode == "calibrated":
-            for t in self.taxonomy.type_names:
-                self.content_free(t)
+    def prime(self, sample_texts: Sequence[str] = ()) -> None:
+        """Compute the per-type offsets up front, so per-user cost excludes them.
+
+        ``batch`` needs ``sample_texts`` (real profiles); the others ignore them.
+        """
+        if self.calibration == "none" or self.offsets:
+            return
+        if self.calibration == "content_free":
+            sample_texts = [prompts.NO_PROFILE]
+        elif not sample_texts:
+            raise ValueError("batch calibration needs a sample of profile texts")
+        if self.mode == "factored":
+            lines = sorted({ln for t in sample_texts for ln in prompts.profile_lines(t)}) or [
+                prompts.NO_PROFILE]
+            for state in self.taxonomy.types:
+                self.offsets[state.name] = np.mean(self._line_logprobs(state, lines), axis=0)
+            return
+        if self.mode == "calibrated" and self.calibration == "content_free":
+            # One prefix for every type (no chain so far): the original calibrated mode.
+            for state in self.taxonomy.types:
+                self.offsets[state.name] = log_softmax(self.backend.score_continuations(
+                    prompts.calibrated_content_free_prefix(self.taxonomy),
+                    prompts.description_continuations(state)))
+            return
+        # Depth by depth: the sample's chains so far are its own calibrated argmaxes.
+        so_far: list[list[str]] = [[] for _ in sample_texts]
+        for state in self.taxonomy.types:
+            logps = np.stack([log_softmax(r) for r in self._raw(list(zip(sample_texts, so_far)))])
+            self.offsets[state.name] = logps.mean(axis=0)
+            for values, lp in zip(so_far, logps - self.offsets[state.name]):
+                values.append(state.value_names[int(np.argmax(lp))])
+
+    # --- scoring -------------------------------------------------------------------------------
 
     def score(self, profile_text: str, values: list[str]) -> NodeDistribution:
         return self.score_many([(profile_text, values)])[0]
 
     def score_many(self, requests: list[tuple[str, list[str]]]) -> list[NodeDistribution]:
-        """Score the next node of each (profile, chain so far).
+        """Score the next node of each (profile, chain so far)."""
+        if self.calibration == "content_free" and not self.offsets:
+            self.prime()
+        if self.calibration == "batch" and not self.offsets:
+            raise RuntimeError("batch calibration: call NodeScorer.prime(sample_texts) first")
+        if self.mode == "factored":
+            return [normalise(self._factored(text, self.taxonomy.types[len(values)]))
+                    for text, values in requests]
+        out = []
+        for (_, values), raw in zip(requests, self._raw(requests)):
+            lp = log_softmax(raw)
+            state = self.taxonomy.types[len(values)]
+            out.append(normalise(lp - self.offsets[state.name] if self.offsets else lp))
+        return out
 
-        ``label`` and ``calibrated`` share each request's prefix across its candidates (one
-        batched forward over the prefix's KV cache); ``channel`` has no shared prefix, so all
+    def _raw(self, requests: list[tuple[str, list[str]]]) -> list[np.ndarray]:
+        """Uncalibrated log-scores of every value, per request.
+
+        ``label``, ``calibrated`` and ``chat`` share each request's prefix across its candidates
+        (one batched forward over the prefix's KV cache); ``channel`` has no shared prefix, so all
         requests' (description, profile) pairs go through the backend in one batched call.
         """
+        b, tax = self.backend, self.taxonomy
         if self.mode == "channel":
             heads: list[str] = []
             tails: list[str] = []
             sizes: list[int] = []
             for profile_text, values in requests:
-                state = self.taxonomy.types[len(values)]
-                h = prompts.channel_prefixes(state, self.taxonomy, values)
+                h = prompts.channel_prefixes(tax.types[len(values)], tax, values)
                 heads += h
                 tails += [prompts.channel_continuation(profile_text)] * len(h)
                 sizes.append(len(h))
-            raw = np.asarray(self.backend.score_pairs(heads, tails), dtype=np.float64)
-            out, start = [], 0
-            for k in sizes:
-                out.append(normalise(raw[start:start + k]))
-                start += k
-            return out
+            raw = np.asarray(b.score_pairs(heads, tails), dtype=np.float64)
+            return list(np.split(raw, np.cumsum(sizes)[:-1]))
         out = []
         for profile_text, values in requests:
-            state = self.taxonomy.types[len(values)]
+            state = tax.types[len(values)]
             if self.mode == "label":
-                raw = self.backend.score_continuations(
-                    prompts.label_prefix(profile_text, self.taxonomy, values),
-                    prompts.label_continuations(state),
-                )
-            else:
-                raw = self.backend.score_continuations(
-                    prompts.calibrated_prefix(profile_text, self.taxonomy, values),
-                    prompts.description_continuations(state),
-                ) - self.content_free(state.name)
-            out.append(normalise(np.asarray(raw, dtype=np.float64)))
+                prefix = prompts.label_prefix(profile_text, tax, values)
+                conts = prompts.label_continuations(state)
+            elif self.mode == "calibrated":
+                prefix = prompts.calibrated_prefix(profile_text, tax, values)
+                conts = prompts.description_continuations(state)
+            else:  # chat
+                prefix = b.chat_prompt(prompts.chat_messages(profile_text, tax, values))
+                conts = prompts.chat_answers(state)
+            out.append(np.asarray(b.score_continuations(prefix, conts), dtype=np.float64))
         return out
+
+    # --- factored ------------------------------------------------------------------------------
+
+    def _line_logprobs(self, state: StateType, lines: Sequence[str]) -> np.ndarray:
+        """log p(value | this one line) under the chat prompt, cached per (type, line)."""
+        for line in lines:
+            key = (state.name, line)
+            if key not in self._lines:
+                prefix = self.backend.chat_prompt(prompts.chat_opening(line, state))
+                self._lines[key] = log_softmax(
+                    self.backend.score_continuations(prefix, prompts.chat_answers(state)))
+        return np.stack([self._lines[(state.name, ln)] for ln in lines])
+
+    def _factored(self, profile_text: str, state: StateType) -> np.ndarray:
+        lines = prompts.profile_lines(profile_text)
+        if not lines:
+            return np.zeros(len(state.values))
+        evidence = self._line_logprobs(state, lines)
+        if self.offsets:
+            evidence = evidence - self.offsets[state.name]
+        return evidence.sum(axis=0)

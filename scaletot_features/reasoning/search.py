@@ -55,6 +55,7 @@ class _Partial:
     values: list[str] = field(default_factory=list)
     probs: list[float] = field(default_factory=list)
     entropies: list[float] = field(default_factory=list)
+    dists: list[tuple[float, ...]] = field(default_factory=list)
     logp: float = 0.0
 
 
@@ -120,6 +121,7 @@ def search_chains(
                     values=part.values + [state.value_names[i]],
                     probs=part.probs + [p],
                     entropies=part.entropies + [dist.entropy],
+                    dists=part.dists + [tuple(float(x) for x in dist.probs)],
                     logp=part.logp + math.log(max(p, 1e-300)),
                 ))
         # Stable sort: equal log-probs keep parent order, then value order.
@@ -128,8 +130,9 @@ def search_chains(
     for u in range(n):
         best = live[u][0]
         nodes = tuple(
-            ChainNode(type=t.name, value=v, prob=p, entropy=h, evidence=evidence[u])
-            for t, v, p, h in zip(taxonomy.types, best.values, best.probs, best.entropies)
+            ChainNode(type=t.name, value=v, prob=p, entropy=h, evidence=evidence[u], probs=d)
+            for t, v, p, h, d in zip(taxonomy.types, best.values, best.probs, best.entropies,
+                                     best.dists)
         )
         results.append(SearchResult(
             chain=Chain(nodes, provenance="teacher", model_id=model_id), logp=best.logp,
