@@ -153,6 +153,7 @@ def teach(
     """Teacher: select the coverage subset, then write ToT chains (checkpointed, resumable)."""
     import shutil
 
+    from trainers.audit import audit_lines
     from trainers.teach import teach as run_teach, teach_report, teacher_layout
 
     s = _settings(config, preset)
@@ -175,6 +176,8 @@ def teach(
         f"{summary.failed} failed, {summary.skipped} already done ({summary.seconds:.1f} s)"
     )
     console.print(teach_report(data_dir))
+    for line in audit_lines(summary.audit):
+        console.print(line, highlight=False)
 
 
 @app.command("train-student")

@@ -55,6 +55,10 @@ def run_demo(settings: Settings, console: Console) -> int:
                   f"already done), {report['failures']} failures; "
                   f"{report.get('mean_scoring_calls', 0):.1f} scoring calls and "
                   f"{report.get('mean_prompt_tokens', 0):.0f} tokens per user")
+    from trainers.audit import audit_lines
+
+    for line in audit_lines(summary.audit):
+        console.print(f"  {line}", highlight=False)
     if report.get("coverage_drift_success") is False:
         console.print("  [yellow]coverage subset drifts from the population "
                       f"(see {layout.root / 'teacher' / 'coverage_drift.json'})[/]")

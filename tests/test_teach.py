@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -39,7 +40,23 @@ def test_teach_writes_one_valid_chain_per_covered_user(population_copy):
         assert 6 <= row["scoring_calls"] <= 8 and row["prompt_tokens"] > 0 and row["seconds"] > 0
         for t in tax.type_names:
             assert 0 <= row[f"{t}_prob"] <= 1 and 0 <= row[f"{t}_entropy"] <= 1
+            probs = row[f"{t}_probs"]  # the full distribution is kept, in taxonomy order
+            assert len(probs) == len(tax[t].values) and sum(probs) == pytest.approx(1.0)
+            assert probs[tax[t].index(row[t])] == pytest.approx(row[f"{t}_prob"])
     assert out.drift.exists()
+    # The audit ran on the covered users' labels, beside a cross-validated profile ridge.
+    audit = json.loads((out.root / "audit.json").read_text())
+    assert audit == summary.audit and audit["available"] and audit["users"] == chains.num_rows
+    labels = read_table(population_copy / "labels").to_pandas().set_index("user_id").loc[covered]
+    for outcome, types in tax.outcome_types.items():
+        entry = audit["outcomes"][outcome]
+        assert entry["label_column"] == outcome
+        if labels[outcome].nunique() == 1:  # e.g. no payer among 24 users: said, not scored
+            assert "same" in entry["reason"]
+            continue
+        assert -1 <= entry["profile_ridge_cv"] <= 1 and set(entry["states"]) == set(types)
+        for m in entry["states"].values():
+            assert m["spearman_expected"] is None or -1 <= m["spearman_expected"] <= 1
     # Running again does nothing: every covered user is done.
     again = teach(population_copy, s, progress=False)
     assert again.written == 0 and again.skipped == len(covered)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from scaletot_features.reasoning.scoring import NodeScorer
 from scaletot_features.reasoning.search import SearchConfig, search_chains
 from scaletot_features.runtime import torch_threads
 from scaletot_features.taxonomy import Taxonomy
+from trainers.audit import teacher_audit
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,7 @@ class TeachSummary:
     failed: int
     skipped: int
     seconds: float
+    audit: dict = field(default_factory=dict)
 
 
 def teach(
@@ -203,13 +205,14 @@ def teach(
     if stop_after is not None:
         todo_ids = todo_ids[:stop_after]
     t0 = time.perf_counter()
-    if not todo_ids:
-        return TeachSummary(len(selected), 0, 0, len(done), 0.0)
-
-    with torch_threads(tc.torch_threads):
-        written, failed = _teach_users(data_dir, todo_ids, schema, taxonomy, cfg, tc, out,
-                                       backend or make_backend(settings), progress)
-    return TeachSummary(len(selected), written, failed, len(done), time.perf_counter() - t0)
+    written = failed = 0
+    if todo_ids:
+        with torch_threads(tc.torch_threads):
+            written, failed = _teach_users(data_dir, todo_ids, schema, taxonomy, cfg, tc, out,
+                                           backend or make_backend(settings), progress)
+    seconds = time.perf_counter() - t0
+    report = teacher_audit(data_dir, settings, load_chains(data_dir)) if out.chains.exists() else {}
+    return TeachSummary(len(selected), written, failed, len(done), seconds, report)
 
 
 def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, taxonomy: Taxonomy,

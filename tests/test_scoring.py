@@ -1,0 +1,112 @@
+"""Scoring modes and calibrations on the tiny random Llama (real tokenizer, real chat template),
+checked against their definitions computed by hand through the backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest_llm import tiny_backend, tiny_model_dir  # noqa: F401  (fixtures)
+
+from scaletot_features.reasoning import prompts
+from scaletot_features.reasoning.scoring import NodeScorer, log_softmax, normalise
+from scaletot_features.reasoning.search import SearchConfig, search_chains
+from scaletot_features.taxonomy import DEFAULT_TAXONOMY as TAX
+
+PROFILES = [
+    "occupation: investment banker\ndevice: iPhone 15 Pro",
+    "age: 19\noccupation: college student",
+    "occupation: retired schoolteacher",
+    prompts.NO_PROFILE,
+]
+SPEND = TAX["spending_power"]
+
+
+def _chat_logprobs(backend, text: str, values: list[str]) -> np.ndarray:
+    prefix = backend.chat_prompt(prompts.chat_messages(text, TAX, values))
+    state = TAX.types[len(values)]
+    return log_softmax(backend.score_continuations(prefix, prompts.chat_answers(state)))
+
+
+def test_chat_prompt_ends_where_the_answer_starts(tiny_backend) -> None:
+    msgs = prompts.chat_messages(PROFILES[0], TAX, ["established"])
+    text = tiny_backend.chat_prompt(msgs)
+    assert text.endswith("<|im_start|>assistant\n")
+    assert "investment banker" in text and text.count("<|im_start|>user") == 2
+    assert "spending power" in text.rsplit("<|im_start|>user", 1)[1]  # the next node's question
+
+
+def test_batch_calibration_is_the_sample_mean_depth_by_depth(tiny_backend) -> None:
+    scorer = NodeScorer(tiny_backend, TAX, "chat", "batch")
+    scorer.prime(PROFILES)
+    first = np.stack([_chat_logprobs(tiny_backend, p, []) for p in PROFILES])
+    np.testing.assert_allclose(scorer.offsets["life_stage"], first.mean(axis=0), rtol=1e-6, atol=1e-9)
+    # Depth 1 is averaged over each sample profile's own calibrated depth-0 answer.
+    picked = [TAX.types[0].value_names[int(np.argmax(r - first.mean(axis=0)))] for r in first]
+    second = np.stack([_chat_logprobs(tiny_backend, p, [v]) for p, v in zip(PROFILES, picked)])
+    np.testing.assert_allclose(scorer.offsets["spending_power"], second.mean(axis=0), rtol=1e-6,
+                               atol=1e-9)
+    # A scored node is the calibrated distribution.
+    got = scorer.score(PROFILES[1], picked[1:2])
+    want = normalise(second[1] - second.mean(axis=0))
+    np.testing.assert_allclose(got.probs, want.probs, rtol=1e-6, atol=1e-12)
+
+
+def test_batch_calibration_needs_a_sample(tiny_backend) -> None:
+    scorer = NodeScorer(tiny_backend, TAX, "chat", "batch")
+    with pytest.raises(ValueError, match="sample"):
+        scorer.prime([])
+    with pytest.raises(RuntimeError, match="prime"):
+        scorer.score(PROFILES[0], [])
+
+
+def test_content_free_calibrated_mode_is_unchanged(tiny_backend) -> None:
+    """raw(profile) - raw(content-free), as the calibrated mode has always been defined."""
+    scorer = NodeScorer(tiny_backend, TAX, "calibrated")
+    assert scorer.calibration == "content_free"
+    raw = tiny_backend.score_continuations(prompts.calibrated_prefix(PROFILES[0], TAX, []),
+                                           prompts.description_continuations(TAX.types[0]))
+    cf = tiny_backend.score_continuations(prompts.calibrated_content_free_prefix(TAX),
+                                          prompts.description_continuations(TAX.types[0]))
+    np.testing.assert_allclose(scorer.score(PROFILES[0], []).probs, normalise(raw - cf).probs,
+                               rtol=1e-6, atol=1e-12)
+
+
+def test_factored_is_a_product_of_calibrated_per_line_experts(tiny_backend) -> None:
+    scorer = NodeScorer(tiny_backend, TAX, "factored", "batch")
+    scorer.prime(PROFILES)
+    lines = prompts.profile_lines(PROFILES[0])
+    assert lines == ["occupation: investment banker", "device: iPhone 15 Pro"]
+
+    def line_lp(line: str) -> np.ndarray:
+        prefix = tiny_backend.chat_prompt(prompts.chat_opening(line, SPEND))
+        return log_softmax(tiny_backend.score_continuations(prefix, prompts.chat_answers(SPEND)))
+
+    every_line = sorted({ln for p in PROFILES for ln in prompts.profile_lines(p)})
+    offset = np.mean([line_lp(ln) for ln in every_line], axis=0)
+    np.testing.assert_allclose(scorer.offsets["spending_power"], offset, rtol=1e-6, atol=1e-9)
+    want = normalise(sum(line_lp(ln) - offset for ln in lines))
+    got = scorer.score(PROFILES[0], ["established"])  # factored nodes ignore the chain so far
+    np.testing.assert_allclose(got.probs, want.probs, rtol=1e-6, atol=1e-12)
+    # Each distinct (type, line) is scored once: the sample's lines are all cached already.
+    calls = tiny_backend.usage.scoring_calls
+    scorer.score("device: iPhone 15 Pro\noccupation: college student", [])
+    assert tiny_backend.usage.scoring_calls == calls
+    # A bare profile carries no evidence: the uniform distribution.
+    np.testing.assert_allclose(scorer.score(prompts.NO_PROFILE, []).probs, 1 / 5)
+
+
+def test_chains_keep_the_full_distribution(tiny_backend) -> None:
+    scorer = NodeScorer(tiny_backend, TAX, "chat", "batch")
+    scorer.prime(PROFILES)
+    results = search_chains(PROFILES, scorer, TAX, SearchConfig("entropy", tau=0.5, width=2))
+    for r in results:
+        for node in r.chain.nodes:
+            values = TAX[node.type].value_names
+            assert len(node.probs) == len(values) and sum(node.probs) == pytest.approx(1.0)
+            assert node.probs[values.index(node.value)] == pytest.approx(node.prob)
+        assert r.chain.from_record(r.chain.to_record(), TAX) == r.chain  # round trip
+
+
+def test_unknown_calibration_is_refused(tiny_backend) -> None:
+    with pytest.raises(ValueError, match="calibration"):
+        NodeScorer(tiny_backend, TAX, "chat", "psychic")  # type: ignore[arg-type]
