@@ -1,10 +1,14 @@
 """Teacher benchmark: scoring modes and search strategies against the synthetic latent truth.
 
-For each configuration: accuracy of every typed state against the latent truth, beside the
-majority-class rate on the same users (a blind scorer shows as no better than it), mean scoring
+For each configuration: accuracy and macro-F1 of every typed state against the latent truth,
+beside the majority-class rate on the same users (a blind scorer shows as no better than it),
+the information the teacher's distribution carries about the truth (mean log-likelihood gain
+over the population prior, in nats: 0 = no better than knowing the base rates), mean scoring
 calls and prompt tokens per user, and users per second. Writes JSON and prints a table.
 
     .venv/bin/python benchmarks/teacher.py --users 48 --budget 12
+    .venv/bin/python benchmarks/teacher.py --modes calibrated chat factored calibrated:batch \
+        --strategies   # scoring modes only (greedy), MODE[:CALIBRATION]
 """
 
 from __future__ import annotations
@@ -31,10 +35,29 @@ from scaletot_features.reasoning.search import SearchConfig, search_chains  # no
 from scaletot_features.taxonomy import DEFAULT_TAXONOMY as TAX  # noqa: E402
 
 
-def evaluate(backend, mode: str, cfg: SearchConfig, texts: list[str], truth: dict[str, list[str]],
-             batch: int) -> dict:
-    scorer = NodeScorer(backend, TAX, mode)
-    scorer.prime()  # per-taxonomy cost, not per user
+def macro_f1(pred: list[str], truth: list[str], values: list[str]) -> float:
+    f1 = []
+    for v in values:
+        tp = sum(p == v and g == v for p, g in zip(pred, truth))
+        fp = sum(p == v and g != v for p, g in zip(pred, truth))
+        fn = sum(p != v and g == v for p, g in zip(pred, truth))
+        f1.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return float(np.mean(f1))
+
+
+def info_gain(results, j: int, truth: list[str], prior: dict[str, float]) -> float:
+    """Mean of log p_teacher(true value) - log p_prior(true value), nats per user."""
+    values = TAX.types[j].value_names
+    gains = [np.log(max(r.chain.nodes[j].probs[values.index(g)], 1e-6)) - np.log(prior[g])
+             for r, g in zip(results, truth)]
+    return float(np.mean(gains))
+
+
+def evaluate(backend, spec: str, cfg: SearchConfig, texts: list[str], truth: dict[str, list[str]],
+             prior: dict[str, dict[str, float]], sample: list[str], batch: int) -> dict:
+    mode, _, calibration = spec.partition(":")
+    scorer = NodeScorer(backend, TAX, mode, calibration or None)
+    scorer.prime(sample)  # per-taxonomy cost, not per user
     before = backend.usage.snapshot()
     t0 = time.perf_counter()
     results = []
@@ -42,14 +65,17 @@ def evaluate(backend, mode: str, cfg: SearchConfig, texts: list[str], truth: dic
         results += search_chains(texts[i:i + batch], scorer, TAX, cfg, model_id=backend.model_id)
     seconds = time.perf_counter() - t0
     used = backend.usage.snapshot() - before
-    acc = {}
+    acc, f1, gain = {}, {}, {}
     for j, t in enumerate(TAX.type_names):
         pred = [r.chain.nodes[j].value for r in results]
         acc[t] = float(np.mean([p == g for p, g in zip(pred, truth[t])]))
+        f1[t] = macro_f1(pred, truth[t], TAX[t].value_names)
+        gain[t] = info_gain(results, j, truth[t], prior[t])
     return {
-        "scoring": mode, "search": cfg.strategy, "tau": cfg.tau, "width": cfg.width,
-        "max_expansions": cfg.max_expansions, "users": len(texts),
-        "accuracy": acc, "mean_accuracy": float(np.mean(list(acc.values()))),
+        "scoring": mode, "calibration": scorer.calibration, "search": cfg.strategy,
+        "tau": cfg.tau, "width": cfg.width, "max_expansions": cfg.max_expansions,
+        "users": len(texts), "accuracy": acc, "mean_accuracy": float(np.mean(list(acc.values()))),
+        "macro_f1": f1, "info_gain_nats": gain,
         "mean_scoring_calls": float(np.mean([r.expansions for r in results])),
         "max_scoring_calls": int(max(r.expansions for r in results)),
         "mean_prompt_tokens": used.prompt_tokens / len(texts),
@@ -67,7 +93,12 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=12, help="max scoring calls per user")
     ap.add_argument("--width", type=int, default=2)
     ap.add_argument("--tau", type=float, default=0.7)
-    ap.add_argument("--modes", nargs="+", default=["label", "calibrated", "channel"])
+    ap.add_argument("--modes", nargs="+", default=["label", "calibrated", "channel", "chat",
+                                                   "factored"], help="MODE[:CALIBRATION]")
+    ap.add_argument("--calibration-sample", type=int, default=32,
+                    help="population profiles (not evaluated) for batch calibration")
+    ap.add_argument("--no-strategies", action="store_true", help="skip the search comparison")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--search-mode", default="calibrated", help="mode used to compare strategies")
     ap.add_argument("--batch", type=int, default=8, help="users searched together")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "teacher.json")
@@ -84,43 +115,58 @@ def main() -> None:
     layout = DatasetLayout(data)
     chosen = select_coverage(layout.profiles, DEFAULT_PROFILE_SCHEMA, max_users=args.users)
     ids = chosen.column("user_id")
-    profiles = read_table(layout.profiles)
-    profiles = profiles.filter(pc.is_in(profiles.column("user_id"), value_set=ids)).sort_by("user_id")
+    population = read_table(layout.profiles)
+    profiles = population.filter(pc.is_in(population.column("user_id"), value_set=ids)).sort_by("user_id")
     latent = read_table(layout.latent)
+    prior = {t: {v: max(float(np.mean([g == v for g in latent.column(t).to_pylist()])), 1e-6)
+                 for v in TAX[t].value_names} for t in TAX.type_names}
+    others = population.filter(pc.invert(pc.is_in(population.column("user_id"), value_set=ids)))
+    step = max(1, others.num_rows // args.calibration_sample)
+    sample = [DEFAULT_PROFILE_SCHEMA.to_text(r)
+              for r in others.take(list(range(0, others.num_rows, step))[:args.calibration_sample]).to_pylist()]
     latent = latent.filter(pc.is_in(latent.column("user_id"), value_set=ids)).sort_by("user_id")
     texts = [DEFAULT_PROFILE_SCHEMA.to_text(r) for r in profiles.to_pylist()]
     truth = {t: latent.column(t).to_pylist() for t in TAX.type_names}
     majority = {t: max(np.mean([g == v for g in truth[t]]) for v in TAX[t].value_names)
                 for t in TAX.type_names}
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     backend = TransformersBackend(args.model)
     console = Console()
     runs = []
     greedy = SearchConfig("greedy", tau=args.tau, width=args.width, max_expansions=args.budget)
     for mode in args.modes:
         console.print(f"[dim]scoring={mode} search=greedy ...[/]")
-        runs.append(evaluate(backend, mode, greedy, texts, truth, args.batch))
-    for strategy in ("entropy", "beam"):
+        runs.append(evaluate(backend, mode, greedy, texts, truth, prior, sample, args.batch))
+    for strategy in () if args.no_strategies else ("entropy", "beam"):
         cfg = SearchConfig(strategy, tau=args.tau, width=args.width, max_expansions=args.budget)
         console.print(f"[dim]scoring={args.search_mode} search={strategy} ...[/]")
-        runs.append(evaluate(backend, args.search_mode, cfg, texts, truth, args.batch))
+        runs.append(evaluate(backend, args.search_mode, cfg, texts, truth, prior, sample, args.batch))
 
     result = {"model": backend.model_id, "users": len(texts), "population": profiles.num_rows
               if args.data else args.population, "majority_rate": majority,
               "mean_majority_rate": float(np.mean(list(majority.values()))), "runs": runs}
     write_json_atomic(result, args.out)
 
-    table = Table(title=f"Teacher on {len(texts)} covered users ({backend.model_id})")
-    for col in ["scoring", "search", *[t[:12] for t in TAX.type_names], "mean acc", "calls/user",
-                "tokens/user", "users/s"]:
-        table.add_column(col, justify="right")
-    table.add_row("majority", "-", *[f"{majority[t]:.2f}" for t in TAX.type_names],
-                  f"{result['mean_majority_rate']:.3f}", "-", "-", "-")
-    for r in runs:
-        table.add_row(r["scoring"], r["search"], *[f"{r['accuracy'][t]:.2f}" for t in TAX.type_names],
-                      f"{r['mean_accuracy']:.3f}", f"{r['mean_scoring_calls']:.1f}",
-                      f"{r['mean_prompt_tokens']:.0f}", f"{r['users_per_s']:.2f}")
-    console.print(table)
+    short = {t: t[:10] for t in TAX.type_names}
+    for metric, key, fmt in (("accuracy", "accuracy", "{:.2f}"), ("macro-F1", "macro_f1", "{:.2f}"),
+                             ("info gain (nats)", "info_gain_nats", "{:+.3f}")):
+        table = Table(title=f"Teacher {metric} on {len(texts)} covered users ({backend.model_id})")
+        for col in ["scoring", "calib.", "search", *short.values(), "mean", "calls/user",
+                    "tokens/user", "users/s"]:
+            table.add_column(col, justify="right")
+        if key == "accuracy":
+            table.add_row("majority", "-", "-", *[f"{majority[t]:.2f}" for t in TAX.type_names],
+                          f"{result['mean_majority_rate']:.3f}", "-", "-", "-")
+        for r in runs:
+            vals = [r[key][t] for t in TAX.type_names]
+            table.add_row(r["scoring"], r["calibration"], r["search"], *[fmt.format(v) for v in vals],
+                          fmt.format(float(np.mean(vals))), f"{r['mean_scoring_calls']:.1f}",
+                          f"{r['mean_prompt_tokens']:.0f}", f"{r['users_per_s']:.2f}")
+        console.print(table)
     console.print(f"tau={args.tau} width={args.width} budget={args.budget}; JSON: {args.out}")
 
 

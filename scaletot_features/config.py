@@ -79,6 +79,9 @@ class TeacherConfig(_Section):
         "factored: batch; label and channel: none)")
     calibration_sample: int = Field(32, ge=1, description="covered profiles that batch "
                                     "calibration averages over")
+    profile_style: Literal["lines", "sentences"] = Field(
+        "lines", description="the teacher's profile text: 'label: value' lines, or one "
+        "sentence per field (\"This user's job title is nurse.\")")
     search: Literal["entropy", "greedy", "beam"] = "entropy"
     tau: float = Field(0.7, ge=0, le=1, description="branch where normalised entropy > tau")
     width: int = Field(2, ge=1, description="max live partial chains")

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 from enum import Enum
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, model_validator
+
+
+ProfileStyle = Literal["lines", "sentences"]
 
 
 class FieldKind(str, Enum):
@@ -114,13 +117,15 @@ class ProfileSchema(BaseModel):
         cols += [pa.field(f.name, f.arrow_type, nullable=not f.required) for f in self.fields]
         return pa.schema(cols)
 
-    def to_text(self, row: dict[str, Any]) -> str:
-        """The profile as prompt text: one ``label: value`` line per present field, in order."""
+    def to_text(self, row: dict[str, Any], style: ProfileStyle = "lines") -> str:
+        """The profile as prompt text: one line per present field, in order, either
+        ``label: value`` or, with ``style="sentences"``, "This user's label is value."."""
         lines = []
         for f in self.fields:
             rendered = f.render(row.get(f.name))
             if rendered is not None:
-                lines.append(f"{f.label}: {rendered}")
+                lines.append(f"This user's {f.label} is {rendered}." if style == "sentences"
+                             else f"{f.label}: {rendered}")
         return "\n".join(lines) if lines else "(no profile information)"
 
     def present_fields(self, row: dict[str, Any]) -> list[str]:

@@ -63,3 +63,13 @@ def test_missing_and_sparsity_helpers():
     assert is_missing(None) and is_missing(math.nan) and is_missing("") and is_missing([])
     assert not is_missing(0.0) and not is_missing("x") and not is_missing(["a"])
     assert [sparsity_bucket(n) for n in (0, 1, 2, 3, 6)] == ["bare", "sparse", "sparse", "rich", "rich"]
+
+
+def test_sentence_style_states_each_present_field_on_its_own_line() -> None:
+    row = {"acquisition_channel": "referral", "first_day_sessions": 0.0, "occupation": "nurse",
+           "age": None}
+    text = S.to_text(row, style="sentences")
+    assert text.splitlines() == ["This user's acquired via is referral.",
+                                 "This user's sessions on first day is 0.",
+                                 "This user's occupation is nurse."]
+    assert S.to_text({}, style="sentences") == "(no profile information)"

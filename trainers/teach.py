@@ -32,7 +32,7 @@ from scaletot_features.data.io import (
     DatasetLayout, parquet_files, read_json, read_table, write_json_atomic, write_parquet_atomic,
 )
 from scaletot_features.llm.backend import LLMBackend
-from scaletot_features.profile import FieldKind, ProfileSchema
+from scaletot_features.profile import FieldKind, ProfileSchema, ProfileStyle
 from scaletot_features.reasoning.coverage import population_segments, select_coverage
 from scaletot_features.reasoning.scoring import NodeScorer
 from scaletot_features.reasoning.search import SearchConfig, search_chains
@@ -92,6 +92,7 @@ def _config_key(settings: Settings, taxonomy: Taxonomy) -> str:
     blob = json.dumps({"coverage": c.model_dump(mode="json"), "model": t.model,
                        "backend": t.backend, "scoring": t.scoring, "search": t.search,
                        "calibration": t.calibration, "calibration_sample": t.calibration_sample,
+                       "profile_style": t.profile_style,
                        "tau": t.tau, "width": t.width, "max_expansions": t.max_expansions,
                        "taxonomy": taxonomy.fingerprint()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -153,13 +154,14 @@ def _profile_rows(data_dir: Path, user_ids: pa.Array) -> list[dict]:
     return rows.sort_by("user_id").to_pylist()
 
 
-def calibration_sample(data_dir: Path, schema: ProfileSchema, size: int) -> list[str]:
+def calibration_sample(data_dir: Path, schema: ProfileSchema, size: int,
+                       style: ProfileStyle = "lines") -> list[str]:
     """Profile texts batch calibration averages over: ``size`` covered users evenly spaced in
     user-id order, the same for a resumed run (the whole coverage, not the users still to do)."""
     ids = sorted(pq.read_table(teacher_layout(data_dir).coverage,
                                columns=["user_id"]).column("user_id").to_pylist())
     picked = sorted({ids[i] for i in np.linspace(0, len(ids) - 1, min(size, len(ids))).astype(int)})
-    return [schema.to_text(r) for r in _profile_rows(data_dir, pa.array(picked, pa.int64()))]
+    return [schema.to_text(r, style) for r in _profile_rows(data_dir, pa.array(picked, pa.int64()))]
 
 
 def make_backend(settings: Settings) -> LLMBackend:
@@ -220,7 +222,7 @@ def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, tax
                  progress: bool) -> tuple[int, int]:
     """Teach ``todo_ids`` in checkpointed parts; returns (chains written, users failed)."""
     scorer = NodeScorer(backend, taxonomy, tc.scoring, tc.calibration)
-    scorer.prime(calibration_sample(data_dir, schema, tc.calibration_sample))
+    scorer.prime(calibration_sample(data_dir, schema, tc.calibration_sample, tc.profile_style))
     rows = _profile_rows(data_dir, pa.array(todo_ids, pa.int64()))
     out_schema = chain_schema(taxonomy)
     next_part = len(parquet_files(out.chains)) if out.chains.exists() else 0
@@ -251,7 +253,7 @@ def _teach_part(rows: list[dict], schema: ProfileSchema, scorer: NodeScorer,
                 backend: LLMBackend, taxonomy: Taxonomy, cfg: SearchConfig,
                 tc) -> tuple[list[dict], list[dict]]:
     """Chains for one checkpoint part; a user that fails is recorded, never fatal."""
-    texts = [schema.to_text(r) for r in rows]
+    texts = [schema.to_text(r, tc.profile_style) for r in rows]
     evidence = [tuple(schema.present_fields(r)) for r in rows]
     before = backend.usage.snapshot()
     t0 = time.perf_counter()
