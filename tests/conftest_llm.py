@@ -40,6 +40,7 @@ def packaged_backend(packaged_model_dir: Path) -> TransformersBackend:
     """The packaged SmolLM2-135M-Instruct on CPU, usage counters zeroed."""
     backend = load_backend("packaged")
     backend.usage.reset()
+    backend.clear_prefix_cache()
     return backend
 
 
@@ -48,6 +49,7 @@ def tiny_backend(tiny_model_dir: Path) -> TransformersBackend:
     """The tiny random Llama with the SmolLM2 tokenizer on CPU, usage counters zeroed."""
     backend = load_backend("tiny-random")
     backend.usage.reset()
+    backend.clear_prefix_cache()
     return backend
 
 

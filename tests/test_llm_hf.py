@@ -91,6 +91,37 @@ def test_shared_prefix_runs_prefix_once_and_candidates_in_one_batch(
     assert shapes == [(1, len(tiny_backend.prefix_ids(PROFILE))), (len(DESCRIPTIONS), longest)]
 
 
+def test_prefix_cache_reuses_shared_tokens_and_changes_no_score(tiny_backend: TransformersBackend) -> None:
+    """A prompt that extends a seen one (the next depth), one that shares only its start (another
+    user after the same system turn) and an exact repeat all score as a cold run does, while only
+    the tokens not seen before are run."""
+    first = PROFILE + " This user is"
+    longer = first + " retired. Their spending is"
+    sibling = PROFILE.replace("retired schoolteacher", "college student") + " This user is"
+    conts = [" low", " high.", " moderate and steady."]
+    want = {p: naive_scores(tiny_backend, [p] * 3, conts) for p in (first, longer, sibling)}
+    for prompt in (first, longer, sibling, first):
+        before = tiny_backend.usage.prompt_tokens
+        assert_logprobs_close(tiny_backend.score_continuations(prompt, conts), want[prompt])
+        ran = tiny_backend.usage.prompt_tokens - before - sum(len(tiny_backend.continuation_ids(c)) for c in conts)
+        seen = {first: 0, longer: len(tiny_backend.prefix_ids(first)),
+                sibling: _common(tiny_backend.prefix_ids(sibling), tiny_backend.prefix_ids(longer))}
+        if prompt == first and ran == 0:  # the exact repeat runs nothing new
+            continue
+        assert ran == len(tiny_backend.prefix_ids(prompt)) - seen[prompt]
+    tiny_backend.clear_prefix_cache()
+    before = tiny_backend.usage.prompt_tokens
+    tiny_backend.score_continuations(first, conts)
+    assert tiny_backend.usage.prompt_tokens - before > len(tiny_backend.prefix_ids(first))
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
 def test_empty_prefix_and_empty_continuation(tiny_backend: TransformersBackend) -> None:
     scores = tiny_backend.score_continuations("", [" hello", ""])
     assert scores[1] == 0.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ from scaletot_features.llm.backend import (
 )
 from scaletot_features.llm.packaged import model_id_for, resolve_model, set_offline_env
 
+# Reusing a cached prefix costs a deep copy of its KV cache: below this many shared tokens,
+# running the prefix again is as cheap.
+MIN_SHARED_PREFIX = 8
+
 
 class TransformersBackend:
     """:class:`~scaletot_features.llm.backend.LLMBackend` over a local Hugging Face causal LM.
@@ -46,6 +51,7 @@ class TransformersBackend:
         dtype: torch.dtype = torch.float32,
         batch_size: int = 16,
         max_length: int = 1024,
+        prefix_cache_size: int = 64,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -55,6 +61,8 @@ class TransformersBackend:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size = batch_size
         self.max_length = max_length
+        self.prefix_cache_size = prefix_cache_size
+        self._prefixes: OrderedDict[tuple[int, ...], tuple[Any, torch.Tensor]] = OrderedDict()
         self.usage = BackendUsage()
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
         lm: Any = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=dtype)
@@ -106,10 +114,8 @@ class TransformersBackend:
         if not todo:
             return scores
         pids = self._fit(self.prefix_ids(prefix), max(len(conts[i]) for i in todo))
-        out = self.model(input_ids=self._tensor([pids]), use_cache=True, **self._last_only)
-        cache = out["cache"] if "cache" in out.keys() else out["past_key_values"]
-        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts each first token
-        self.usage.prompt_tokens += len(pids) + sum(len(conts[i]) for i in todo)
+        cache, first, ran = self._prefix_state(pids)  # first: predicts each first token
+        self.usage.prompt_tokens += ran + sum(len(conts[i]) for i in todo)
 
         for chunk in _chunks(todo, self.batch_size):
             ids, mask = self._pad_right([conts[i] for i in chunk])
@@ -126,6 +132,47 @@ class TransformersBackend:
             lp = torch.cat([first[ids[:, 0]].unsqueeze(1), rest], dim=1)
             scores[chunk] = (lp * mask).sum(dim=1).double().cpu().numpy()
         return scores
+
+    def clear_prefix_cache(self) -> None:
+        """Forget the cached prefixes (their KV caches hold memory; tests want a cold start)."""
+        self._prefixes.clear()
+
+    def _prefix_state(self, pids: list[int]) -> tuple[Any, torch.Tensor, int]:
+        """(KV cache, log-probs of the next token, tokens run) for a prefix.
+
+        The longest token prefix shared with a recently seen prefix is not run again: a chat
+        template's system turn is shared by every user, and a chain's depth t extends depth
+        t-1's prompt. A cropped copy of that prefix's cache is extended by the new tokens only.
+        """
+        best, shared = None, 0
+        for key in self._prefixes:
+            n = _common_length(key, pids)
+            if n > shared:
+                best, shared = key, n
+        if best is not None and shared == len(pids) == len(best):
+            self._prefixes.move_to_end(best)
+            cache, first = self._prefixes[best]
+            return cache, first, 0
+        cache = None
+        shared = min(shared, len(pids) - 1)  # at least one token runs, for its logits
+        reusable = best is not None and shared >= MIN_SHARED_PREFIX and (
+            shared == len(best) or getattr(self._prefixes[best][0], "is_croppable", True))
+        if reusable:
+            cache = copy.deepcopy(self._prefixes[best][0])
+            if len(best) > shared:
+                cache.crop(-(len(best) - shared))  # negative: drop that many (5.20 and 5.24 alike)
+        else:
+            shared = 0
+        kwargs = {self._cache_kw: cache} if cache is not None else {}
+        out = self.model(input_ids=self._tensor([pids[shared:]]), use_cache=True,
+                         **kwargs, **self._last_only)
+        cache = out["cache"] if "cache" in out.keys() else out["past_key_values"]
+        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        if self.prefix_cache_size > 0 and getattr(cache, "is_croppable", True):
+            self._prefixes[tuple(pids)] = (cache, first)
+            while len(self._prefixes) > self.prefix_cache_size:
+                self._prefixes.popitem(last=False)
+        return cache, first, len(pids) - shared
 
     @torch.inference_mode()
     def score_pairs(self, prefixes: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
@@ -252,6 +299,14 @@ class TransformersBackend:
         values = [[self.pad_id] * (width - len(r)) + r for r in rows]
         mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
         return self._tensor(values), self._tensor(mask)
+
+
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
