@@ -18,7 +18,7 @@ whose trimmed title occurs once in the population.
 Reported side by side, per field set (`title`: the job title alone; `full`: plus years
 employed, home ownership and state), on the test rows and on their long tail:
 
-- per teacher config `model:scoring[:calibration]`: Spearman of E = p(high) - p(low), from the
+- per teacher config `model:scoring[:calibration][:lines|sentences]`: Spearman of E = p(high) - p(low), from the
   full distribution, with income (95% bootstrap CI; sum_i i * p_i = 1 + E ranks identically, so
   only E is kept), accuracy of the argmax against income tertiles (cut points from the whole
   population) beside the majority-tertile rate on the same rows (the best constant guess there),
@@ -77,6 +77,7 @@ CATEGORICAL = ["homeownership", "state"]
 VALUES = list(load_taxonomy(LOANS / "taxonomy.yaml").by_name["spending_power"].values)
 assert VALUES == ["low", "medium", "high"], VALUES  # = the order of spending_power_probs
 CALIBRATIONS = {"none", "content_free", "batch"}
+STYLES = {"lines", "sentences"}
 T0 = "2026-01-01T00:00:00"
 SCALETOT = Path(sys.executable).with_name("scaletot")
 
@@ -91,7 +92,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--fields", nargs="+", choices=list(FIELD_SETS), default=list(FIELD_SETS))
     ap.add_argument("--configs", nargs="+",
                     default=["packaged:calibrated", "packaged:chat", "packaged:factored"],
-                    help="teacher configs model:scoring[:calibration]")
+                    help="teacher configs model:scoring[:calibration][:lines|sentences]")
     ap.add_argument("--fraction", type=float, default=0.0732, help="small-label ridge fraction")
     ap.add_argument("--draws", type=int, default=10, help="draws of the small-label ridge")
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the CIs")
@@ -248,20 +249,20 @@ class TeacherSpec:
     model: str
     scoring: str
     calibration: str | None
+    style: str | None = None  # teacher.profile_style: lines (default) | sentences
 
     @staticmethod
     def parse(text: str) -> "TeacherSpec":
         parts = text.split(":")
-        calibration = None
-        if len(parts) >= 3 and parts[-1] in CALIBRATIONS:
-            calibration = parts.pop()
+        style = parts.pop() if len(parts) >= 3 and parts[-1] in STYLES else None
+        calibration = parts.pop() if len(parts) >= 3 and parts[-1] in CALIBRATIONS else None
         if len(parts) < 2:
-            raise SystemExit(f"--configs: {text!r} is not model:scoring[:calibration]")
-        return TeacherSpec(":".join(parts[:-1]), parts[-1], calibration)
+            raise SystemExit(f"--configs: {text!r} is not model:scoring[:calibration][:style]")
+        return TeacherSpec(":".join(parts[:-1]), parts[-1], calibration, style)
 
     @property
     def name(self) -> str:
-        return f"{self.model}:{self.scoring}" + (f":{self.calibration}" if self.calibration else "")
+        return ":".join([self.model, self.scoring] + [x for x in (self.calibration, self.style) if x])
 
 
 def teach_settings(field_set: str, spec: TeacherSpec, rows: int, threads: int) -> dict:
@@ -272,6 +273,8 @@ def teach_settings(field_set: str, spec: TeacherSpec, rows: int, threads: int) -
     raw["teacher"].update(model=spec.model, scoring=spec.scoring, torch_threads=threads)
     if spec.calibration is not None:
         raw["teacher"]["calibration"] = spec.calibration
+    if spec.style is not None:
+        raw["teacher"]["profile_style"] = spec.style
     return raw
 
 

