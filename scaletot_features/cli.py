@@ -144,20 +144,26 @@ def validate(
 def teach(
     data_dir: Path = typer.Argument(..., help="Dataset directory (validated)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard earlier teacher output."),
-    model: Optional[str] = typer.Option(None, "--model", help="'packaged', 'tiny-random' or a folder."),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="smollm2-135m (packaged), qwen2.5-coder-1.5b, qwen2.5-coder-0.5b, "
+        "gemma3-270m, tiny-random or a local folder."),
     scoring: Optional[str] = typer.Option(None, "--scoring", help="label | calibrated | channel | chat | factored"),
     search: Optional[str] = typer.Option(None, "--search", help="entropy | greedy | beam"),
+    calibration: Optional[str] = typer.Option(
+        None, "--calibration", help="none | content_free | batch (default: the mode's own)"),
     config: Optional[Path] = ConfigOpt,
     preset: Optional[str] = PresetOpt,
 ) -> None:
-    """Teacher: select the coverage subset, then write ToT chains (checkpointed, resumable)."""
+    """Teacher: select the coverage subset, write ToT chains (checkpointed, resumable), then
+    audit the chains against the covered users' labels."""
     import shutil
 
     from trainers.audit import audit_lines
     from trainers.teach import teach as run_teach, teach_report, teacher_layout
 
     s = _settings(config, preset)
-    for key, value in (("model", model), ("scoring", scoring), ("search", search)):
+    for key, value in (("model", model), ("scoring", scoring), ("search", search),
+                       ("calibration", calibration)):
         if value is not None:
             try:
                 setattr(s.teacher, key, value)
@@ -169,7 +175,7 @@ def teach(
         shutil.rmtree(teacher_layout(data_dir).root)
     try:
         summary = run_teach(data_dir, s)
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, FileNotFoundError) as e:  # FileNotFound: a model not installed
         _fail(str(e))
     console.print(
         f"teacher: {summary.selected} covered users; {summary.written} chains written, "
