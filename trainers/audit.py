@@ -61,6 +61,8 @@ def _oof_ridge(x: np.ndarray, y: np.ndarray, seed: int = 0) -> np.ndarray:
     from sklearn.model_selection import KFold
 
     pred = np.zeros_like(y)
+    if np.ptp(x, axis=0).max(initial=0.0) == 0:  # nothing to learn from: say so, not fold noise
+        return pred
     folds = KFold(n_splits=min(FOLDS, len(y)), shuffle=True, random_state=seed)
     for train, test in folds.split(x):
         model = RidgeCV(alphas=np.logspace(-2, 3, 12)).fit(x[train], y[train])
