@@ -228,6 +228,7 @@ def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, tax
     next_part = len(parquet_files(out.chains)) if out.chains.exists() else 0
     next_fail = len(parquet_files(out.failures)) if out.failures.exists() else 0
     written = failed = 0
+    t0 = time.perf_counter()
 
     columns = [TextColumn("teach"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress, transient=False) as bar:
@@ -246,6 +247,11 @@ def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, tax
             written += len(good)
             failed += len(bad)
             bar.advance(task, len(part_rows))
+            if progress and not bar.console.is_terminal:  # a log gets one line per part
+                done = start + len(part_rows)
+                rate = done / max(time.perf_counter() - t0, 1e-9)
+                bar.console.print(f"teach: {done}/{len(rows)} users, {failed} failed, "
+                                  f"{rate:.2f} users/s", highlight=False)
     return written, failed
 
 
