@@ -3,7 +3,7 @@
 import pyarrow.compute as pc
 import pytest
 
-from scaletot_features.data.io import DatasetLayout
+from scaletot_features.dataset import DatasetLayout
 from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA as S
 from scaletot_features.reasoning.coverage import allocate, population_segments, select_coverage
 

@@ -16,7 +16,8 @@ import pytest
 
 from scaletot_features.config import load_settings
 from scaletot_features.data.ingest import EVENTS_SCHEMA, IngestError, IngestWarning, ingest
-from scaletot_features.data.io import SCHEMA_VERSION, read_json, read_table
+from scaletot_features.data.io import read_json, read_table
+from scaletot_features.dataset import SCHEMA_VERSION
 from scaletot_features.data.labels import label_schema
 from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA
 

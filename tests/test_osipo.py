@@ -11,7 +11,8 @@ import torch
 from hypothesis import given, settings as hsettings, strategies as st
 
 from scaletot_features.chain import chain_text
-from scaletot_features.data.io import DatasetLayout, read_table
+from scaletot_features.data.io import read_table
+from scaletot_features.dataset import DatasetLayout
 from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA
 from scaletot_features.reasoning.prompts import student_prompt
 from scaletot_features.reasoning.student import (

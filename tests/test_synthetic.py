@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from scaletot_features.data import synthetic
-from scaletot_features.data.io import SCHEMA_VERSION, DatasetLayout, parquet_files, read_table
+from scaletot_features.data.io import parquet_files, read_table
+from scaletot_features.dataset import SCHEMA_VERSION, DatasetLayout
 from scaletot_features.data.labels import derive_labels, label_schema
 from scaletot_features.data.synthetic import (
     PRESENCE,

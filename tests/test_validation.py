@@ -20,7 +20,8 @@ import pyarrow as pa
 import pytest
 
 from scaletot_features.config import Settings, build_settings
-from scaletot_features.data.io import DatasetLayout, PartWriter, read_json, read_table
+from scaletot_features.data.io import PartWriter, read_json, read_table
+from scaletot_features.dataset import DatasetLayout
 from scaletot_features.data.labels import label_schema
 from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA
 from scaletot_features.taxonomy import DEFAULT_TAXONOMY

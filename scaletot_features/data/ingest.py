@@ -4,7 +4,7 @@ Users bring a profiles table and an events table as parquet or CSV. Every check 
 SQL over the files (nothing is loaded whole into memory), and every refusal is an
 :class:`IngestError` naming the file, the column and a sample offending row, so that the fix is
 obvious without opening a debugger. Only when both tables pass is anything written: the dataset
-layout of ``data.io.DatasetLayout`` (profiles cast to ``ProfileSchema.arrow_schema()``, events,
+layout of ``dataset.DatasetLayout`` (profiles cast to ``ProfileSchema.arrow_schema()``, events,
 labels from ``data.labels.derive_labels``, ``manifest.json``) inside ``data.io.atomic_dir``, so
 an error never leaves a partial directory behind and never touches an existing one.
 
@@ -43,8 +43,9 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from scaletot_features.data.io import SCHEMA_VERSION, DatasetLayout, PartWriter, atomic_dir, write_json_atomic
+from scaletot_features.data.io import PartWriter, atomic_dir, write_json_atomic
 from scaletot_features.data.labels import derive_labels, label_names, label_schema
+from scaletot_features.dataset import EVENTS_SCHEMA, SCHEMA_VERSION, DatasetLayout  # noqa: F401
 from scaletot_features.profile import (
     DEFAULT_PROFILE_SCHEMA,
     ID_COLUMN,
@@ -57,7 +58,6 @@ from scaletot_features.taxonomy import DEFAULT_TAXONOMY, Taxonomy
 
 EVENT_TIMESTAMP = "timestamp"
 EVENT_VALUE = "value"
-from scaletot_features.data.io import EVENTS_SCHEMA  # noqa: E402  (re-exported)
 
 MAX_PROBLEMS = 10  # problems listed in one error message; the rest are counted
 _MAX_VALUE_CHARS = 80

@@ -1,4 +1,4 @@
-"""Atomic parquet and JSON writing, and the on-disk layout every stage shares.
+"""Atomic parquet and JSON writing, and reading tables back (the layout: ``dataset.py``).
 
 Nothing is ever written in place: a file goes to a temporary name and is renamed, a directory is
 built beside its final name and renamed when complete. A crash leaves the old state or the new
@@ -12,7 +12,6 @@ import os
 import shutil
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,46 +20,11 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
-
-EVENTS_SCHEMA = pa.schema([
-    pa.field("user_id", pa.int64(), nullable=False),
-    pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("value", pa.float64(), nullable=True),
-])
-"""The events table of a dataset directory, generated or ingested alike."""
-
-
-@dataclass(frozen=True)
-class DatasetLayout:
-    """Where a dataset directory keeps its tables (written by ``generate`` or ``ingest``)."""
-
-    root: Path
-
-    @property
-    def profiles(self) -> Path:
-        return self.root / "profiles"
-
-    @property
-    def events(self) -> Path:
-        return self.root / "events"
-
-    @property
-    def labels(self) -> Path:
-        return self.root / "labels"
-
-    @property
-    def latent(self) -> Path:
-        """Latent truth of a synthetic population: evaluation only, no model may read it."""
-        return self.root / "latent"
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.json"
-
-    @property
-    def validation(self) -> Path:
-        return self.root / "validation"
+from scaletot_features.dataset import part_file
+# moved to dataset.py; importable from here until every stage imports them from there
+from scaletot_features.dataset import (  # noqa: F401
+    EVENTS_SCHEMA, SCHEMA_VERSION, DatasetLayout, run_summary_path,
+)
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -145,8 +109,8 @@ class PartWriter:
 
     def write(self, table: pa.Table) -> None:
         table = table.select(self.schema.names).cast(self.schema)
-        name = self.directory / f"part-{self.parts:05d}.parquet"
-        write_parquet_atomic(table, name, compression=self.compression)
+        write_parquet_atomic(table, part_file(self.directory, self.parts),
+                             compression=self.compression)
         self.parts += 1
         self.rows += table.num_rows
 
@@ -158,14 +122,6 @@ def is_current(output: Path, *inputs: Path) -> bool:
         return False
     stamp = output.stat().st_mtime
     return all(not Path(i).exists() or Path(i).stat().st_mtime <= stamp for i in inputs)
-
-
-def run_summary_path(output: Path) -> Path:
-    """Where a stage leaves the summary of the run that wrote ``output`` (wall time, counts):
-    a sibling ``<name>.summary.json``, outside the output so that readers of the output (Feast's
-    glob, manifests compared for reproducibility) never see it."""
-    output = Path(output)
-    return output.with_name(output.name + ".summary.json")
 
 
 def parquet_files(path: Path) -> list[Path]:

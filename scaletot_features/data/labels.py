@@ -15,23 +15,8 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
+from scaletot_features.dataset import label_names, label_schema  # noqa: F401 (re-exported)
 from scaletot_features.profile import ID_COLUMN, TIMESTAMP_COLUMN
-
-
-def label_names(horizon_days: int = 30) -> tuple[str, str]:
-    return f"lt{horizon_days}", f"revenue_{horizon_days}"
-
-
-def label_schema(horizon_days: int = 30) -> pa.Schema:
-    active, revenue = label_names(horizon_days)
-    ts = pa.timestamp("us", tz="UTC")
-    return pa.schema([
-        pa.field(ID_COLUMN, pa.int64(), nullable=False),
-        pa.field("first_seen", ts, nullable=False),
-        pa.field("label_timestamp", ts, nullable=False),
-        pa.field(active, pa.int32(), nullable=False),
-        pa.field(revenue, pa.float64(), nullable=False),
-    ])
 
 
 def derive_labels(profiles: pa.Table, events: pa.Table, horizon_days: int = 30) -> pa.Table:

@@ -29,9 +29,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scaletot_features.data.io import SCHEMA_VERSION, DatasetLayout, atomic_dir, write_json_atomic
+from scaletot_features.data.io import atomic_dir, write_json_atomic
 from scaletot_features.data.io import write_parquet_atomic
 from scaletot_features.data.labels import derive_labels, label_names, label_schema
+from scaletot_features.dataset import EVENTS_SCHEMA, SCHEMA_VERSION, DatasetLayout, part_file
+from scaletot_features.dataset import latent_schema as _latent_schema
 from scaletot_features.data.vocab import (
     DEVICE_MODELS,
     INTEREST_TAGS,
@@ -220,16 +222,13 @@ PURCHASE_AMOUNT_STEP = 0.25
 
 
 def events_schema() -> pa.Schema:
-    """The events table of a dataset directory (one definition: data.io.EVENTS_SCHEMA)."""
-    from scaletot_features.data.io import EVENTS_SCHEMA
-
+    """The events table of a dataset directory (one definition: dataset.EVENTS_SCHEMA)."""
     return EVENTS_SCHEMA
 
 
 def latent_schema(taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> pa.Schema:
     """Latent truth: user_id + one string column per state type (evaluation only)."""
-    return pa.schema([pa.field(ID_COLUMN, pa.int64(), nullable=False)]
-                     + [pa.field(t, pa.string(), nullable=False) for t in taxonomy.type_names])
+    return _latent_schema(taxonomy)
 
 
 def reference_null_rates() -> dict[str, float]:
@@ -584,7 +583,7 @@ def _parse_start(start_date: str) -> int:
 
 def _write_part(table: pa.Table, directory: Path, index: int, schema: pa.Schema) -> None:
     table = table.select(schema.names).cast(schema).combine_chunks()
-    write_parquet_atomic(table, directory / f"part-{index:05d}.parquet", **PARQUET_OPTIONS)
+    write_parquet_atomic(table, part_file(directory, index), **PARQUET_OPTIONS)
 
 
 def _progress(enabled: bool):  # noqa: ANN202 - rich's Progress
