@@ -12,6 +12,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from scaletot_features.dataset import (
+    entropy_column, evidence_column, prob_column, probs_column, value_column,
+)
 from scaletot_features.taxonomy import Taxonomy
 
 Provenance = Literal["teacher", "student", "encoder"]
@@ -72,30 +75,31 @@ class Chain:
         return self
 
     def to_record(self) -> dict:
-        """Flat columns (``<type>``, ``<type>_prob``, ...) for parquet and feature views."""
+        """Flat columns (``<type>``, ``<type>_prob``, ...: the teacher chain schema of
+        ``dataset.py``) for parquet and feature views."""
         rec: dict = {"provenance": self.provenance, "model_id": self.model_id}
         for n in self.nodes:
-            rec[n.type] = n.value
-            rec[f"{n.type}_prob"] = float(n.prob)
-            rec[f"{n.type}_entropy"] = float(n.entropy)
-            rec[f"{n.type}_evidence"] = list(n.evidence)
-            rec[f"{n.type}_probs"] = [float(x) for x in n.probs] or None
+            rec[value_column(n.type)] = n.value
+            rec[prob_column(n.type)] = float(n.prob)
+            rec[entropy_column(n.type)] = float(n.entropy)
+            rec[evidence_column(n.type)] = list(n.evidence)
+            rec[probs_column(n.type)] = [float(x) for x in n.probs] or None
         return rec
 
     @classmethod
     def from_record(cls, rec: dict, taxonomy: Taxonomy) -> "Chain":
         nodes = []
         for t in taxonomy.type_names:
-            if rec.get(t) is None:
+            if rec.get(value_column(t)) is None:
                 raise ChainParseError(f"record has no value for state type {t!r}")
             nodes.append(
                 ChainNode(
                     type=t,
-                    value=rec[t],
-                    prob=float(rec.get(f"{t}_prob", 1.0)),
-                    entropy=float(rec.get(f"{t}_entropy", 0.0)),
-                    evidence=tuple(rec.get(f"{t}_evidence") or ()),
-                    probs=tuple(rec.get(f"{t}_probs") or ()),
+                    value=rec[value_column(t)],
+                    prob=float(rec.get(prob_column(t), 1.0)),
+                    entropy=float(rec.get(entropy_column(t), 0.0)),
+                    evidence=tuple(rec.get(evidence_column(t)) or ()),
+                    probs=tuple(rec.get(probs_column(t)) or ()),
                 )
             )
         chain = cls(tuple(nodes), provenance=rec.get("provenance", "teacher"),

@@ -119,13 +119,14 @@ def test_lookalikes_are_the_nearest_users_with_their_online_features(data_dir, t
 
 
 def test_index_is_cached_and_rebuilt_when_features_change(data_dir, tmp_path):
-    from scaletot_features.store.lookalike import INDEX_DIRNAME, load_or_build_index
+    from scaletot_features.dataset import DatasetLayout
+    from scaletot_features.store.lookalike import load_or_build_index
     from test_feast_repo import copy_dataset
 
     from scaletot_features.store.repo import apply_repo, materialize
 
     first = load_or_build_index(data_dir)
-    meta = data_dir / "feast" / INDEX_DIRNAME / "meta.json"
+    meta = DatasetLayout(data_dir).feast.lookalike / "meta.json"
     stamp = meta.stat().st_mtime_ns
     assert load_or_build_index(data_dir).info.fingerprint == first.info.fingerprint
     assert meta.stat().st_mtime_ns == stamp  # loaded, not rebuilt

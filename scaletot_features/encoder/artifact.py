@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from scaletot_features.data.io import SCHEMA_VERSION, write_json_atomic
+from scaletot_features.data.io import write_json_atomic
+from scaletot_features.dataset import ENCODER_MANIFEST, ENCODER_WEIGHTS, SCHEMA_VERSION
 from scaletot_features.encoder.model import (
     Encoder,
     Featurizer,
@@ -43,8 +44,8 @@ from scaletot_features.taxonomy import Taxonomy
 
 FORMAT = "scaletot-encoder"
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = ENCODER_WEIGHTS
+MANIFEST_FILE = ENCODER_MANIFEST
 PROJECTION_PREFIX = "target_projection."
 
 

@@ -37,23 +37,26 @@ import pyarrow.parquet as pq
 
 from scaletot_features.config import Settings
 from scaletot_features.data.io import (
-    DatasetLayout,
     atomic_dir,
     count_rows,
     iter_batches,
     parquet_files,
     read_json,
-    run_summary_path,
     write_json_atomic,
     write_parquet_atomic,
 )
+from scaletot_features.dataset import (
+    DatasetLayout,
+    part_file,
+    reasoning_feature_schema,
+    run_summary_path,
+)
 from scaletot_features.encoder.artifact import load_encoder
 from scaletot_features.encoder.model import Encoder
-from scaletot_features.profile import ID_COLUMN, TIMESTAMP_TYPE, ProfileSchema
+from scaletot_features.profile import ID_COLUMN, ProfileSchema
 from scaletot_features.runtime import torch_threads
 from scaletot_features.taxonomy import Taxonomy
 
-FEATURES_TABLE = "reasoning_features"
 # Float lists barely compress, and writing is the slowest step of the pipeline: snappy without
 # dictionary pages on the float columns wrote a 65k-user part in 0.51 s vs 1.67 s for zstd-1 with
 # the default dictionaries (34 MB vs 28 MB); snappy is read by every parquet engine (DuckDB, Feast).
@@ -61,24 +64,18 @@ COMPRESSION = "snappy"
 
 
 def encoder_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / "encoder"
+    return DatasetLayout(data_dir).encoder
 
 
 def features_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / "features" / FEATURES_TABLE
+    return DatasetLayout(data_dir).features.reasoning
 
 
 def feature_schema(taxonomy: Taxonomy, dim: int) -> pa.Schema:
-    """The reasoning-feature table (HELPERS.md contract; ``dim`` is informational: list<float32>)."""
+    """The reasoning-feature table (``dataset.reasoning_feature_schema``; ``dim`` is
+    informational: list<float32>)."""
     del dim  # the list length is checked by validation.suites.reasoning_feature_suite
-    cols = [pa.field(ID_COLUMN, pa.int64(), nullable=False),
-            pa.field("event_timestamp", TIMESTAMP_TYPE, nullable=False),
-            pa.field("embedding", pa.list_(pa.float32()))]
-    for t in taxonomy.types:
-        cols += [pa.field(t.name, pa.string()), pa.field(f"{t.name}_prob", pa.float64()),
-                 pa.field(f"{t.name}_probs", pa.list_(pa.float64()))]
-    cols += [pa.field("provenance", pa.string()), pa.field("model_version", pa.string())]
-    return pa.schema(cols)
+    return reasoning_feature_schema(taxonomy)
 
 
 def data_profile_schema(data_dir: Path, settings: Settings) -> ProfileSchema:
@@ -93,8 +90,7 @@ def data_profile_schema(data_dir: Path, settings: Settings) -> ProfileSchema:
 
 def _write_part(table: pa.Table, directory: Path, index: int, schema: pa.Schema) -> None:
     strings = [f.name for f in schema if pa.types.is_string(f.type)]
-    write_parquet_atomic(table.select(schema.names).cast(schema),
-                         directory / f"part-{index:05d}.parquet",
+    write_parquet_atomic(table.select(schema.names).cast(schema), part_file(directory, index),
                          compression=COMPRESSION, use_dictionary=strings)
 
 
@@ -285,7 +281,7 @@ def normalise_parts(scratch: Path, out: Path, schema: pa.Schema) -> int:
         if pf.metadata.num_rows == 0:
             continue
         if pf.schema_arrow.remove_metadata() == schema:
-            os.rename(f, out / f"part-{index:05d}.parquet")
+            os.rename(f, part_file(out, index))
         else:  # e.g. Ray's tensor extension type instead of list<float>
             table = pf.read()
             fixed = pa.table({name: _plain(table.column(name), schema.field(name).type)

@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 import torch
 from torch import nn
 
+from scaletot_features.dataset import state_columns
 from scaletot_features.profile import ID_COLUMN, TIMESTAMP_COLUMN, FieldKind, ProfileSchema
 from scaletot_features.taxonomy import Taxonomy
 
@@ -513,9 +514,10 @@ class Encoder:
         }
         for t, values, p in zip(self.taxonomy.types, self._values, probs):
             idx = p.argmax(axis=1)
-            cols[t.name] = pc.take(values, pa.array(idx))
-            cols[f"{t.name}_prob"] = pa.array(p[np.arange(n), idx], pa.float64())
-            cols[f"{t.name}_probs"] = _list_array(p, pa.float64())
+            value, prob, dist = state_columns(t.name)
+            cols[value] = pc.take(values, pa.array(idx))
+            cols[prob] = pa.array(p[np.arange(n), idx], pa.float64())
+            cols[dist] = _list_array(p, pa.float64())
         zeros = pa.array(np.zeros(n, dtype=np.int32))
         cols["provenance"] = pc.take(pa.array([PROVENANCE], pa.string()), zeros)
         cols["model_version"] = pc.take(pa.array([self.model_version], pa.string()), zeros)

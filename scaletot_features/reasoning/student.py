@@ -41,13 +41,14 @@ import torch
 from scaletot_features.chain import (
     ChainParseError, KEY_SEPARATOR, NODE_SEPARATOR, chain_text, parse_chain_values, segment_spans,
 )
-from scaletot_features.data.io import DatasetLayout, PartWriter, atomic_dir, read_table
+from scaletot_features.data.io import PartWriter, atomic_dir, read_table
+from scaletot_features.dataset import (  # noqa: F401 (STUDENT_MANIFEST, the schema: re-exported)
+    STUDENT_MANIFEST, DatasetLayout, prob_column, student_chain_schema, student_manifest,
+    value_column,
+)
 from scaletot_features.profile import ProfileSchema
 from scaletot_features.reasoning.prompts import student_prompt
 from scaletot_features.taxonomy import Taxonomy
-
-STUDENT_MANIFEST = "student.json"
-"""Written into every student model folder: stage, base model, training summary."""
 
 # ---- tokens and segments -------------------------------------------------------------------
 
@@ -441,18 +442,6 @@ def _concat(parts: list[Decoded], n_seg: int, hidden: int) -> Decoded:
 # ---- student inference over users -----------------------------------------------------------
 
 
-def student_chain_schema(taxonomy: Taxonomy) -> pa.Schema:
-    """DIR/student/chains: one row per user (stage contract)."""
-    cols = [pa.field("user_id", pa.int64(), nullable=False), pa.field("chain_text", pa.string()),
-            pa.field("valid", pa.bool_()), pa.field("error", pa.string())]
-    for t in taxonomy.type_names:
-        cols += [pa.field(t, pa.string()), pa.field(f"{t}_prob", pa.float64())]
-    cols += [pa.field("representation", pa.list_(pa.float32())),
-             pa.field("segment_representations", pa.list_(pa.list_(pa.float32()))),
-             pa.field("provenance", pa.string()), pa.field("model_id", pa.string())]
-    return pa.schema(cols)
-
-
 def profile_texts(data_dir: Path, user_ids: Sequence[int], schema: ProfileSchema) -> dict[int, str]:
     """user_id -> the profile as prompt text, for the requested users (an unknown id is an error)."""
     profiles = read_table(DatasetLayout(Path(data_dir)).profiles)
@@ -467,7 +456,7 @@ def profile_texts(data_dir: Path, user_ids: Sequence[int], schema: ProfileSchema
 
 def student_model_id(model_dir: Path) -> str:
     """Provenance of a student folder: its stage and the base model it was trained from."""
-    meta_path = Path(model_dir) / STUDENT_MANIFEST
+    meta_path = student_manifest(model_dir)
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         return f"student-{meta.get('stage', '?')}({meta.get('base_model_id', '?')})"
@@ -547,8 +536,8 @@ def _records(users: list[int], d: Decoded, errors: list[str | None], taxonomy: T
                "representation": d.representation[i].tolist(),
                "segment_representations": d.segment_representations[i].tolist()}
         for k, t in enumerate(taxonomy.type_names):
-            rec[t] = vals[t]
-            rec[f"{t}_prob"] = float(d.probs[i, k])
+            rec[value_column(t)] = vals[t]
+            rec[prob_column(t)] = float(d.probs[i, k])
         out.append(rec)
     return out
 
@@ -558,8 +547,8 @@ def _invalid_record(user: int, text: str, error: str, taxonomy: Taxonomy, model_
            "provenance": "student", "model_id": model_id, "representation": None,
            "segment_representations": None}
     for t in taxonomy.type_names:
-        rec[t] = None
-        rec[f"{t}_prob"] = None
+        rec[value_column(t)] = None
+        rec[prob_column(t)] = None
     return rec
 
 
@@ -587,7 +576,7 @@ def write_student_chains(data_dir: Path, model_dir: Path, user_ids: Sequence[int
     from scaletot_features.llm.hf import TransformersBackend
 
     data_dir = Path(data_dir)
-    out_dir = Path(out_dir) if out_dir is not None else data_dir / "student" / "chains"
+    out_dir = Path(out_dir) if out_dir is not None else DatasetLayout(data_dir).student.chains
     texts = profile_texts(data_dir, user_ids, schema)
     texts = {u: texts[u] for u in user_ids}
     backend = TransformersBackend(model_dir, batch_size=batch_size)

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from scaletot_features.data.io import atomic_dir, read_table
+from scaletot_features.dataset import PART_GLOB, DatasetLayout, FeastLayout, is_probs_column
 from scaletot_features.store import StoreConfig, store_config
 from scaletot_features.store.repo import (
-    REASONING_TABLE,
     StoreError,
     get_store,
     repo_path,
@@ -44,7 +44,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from scaletot_features.config import Settings
 
 EMBEDDING_REF = "user_embedding:embedding"
-INDEX_DIRNAME = "lookalike"
 RECALL_K = 10
 
 
@@ -167,9 +166,10 @@ class LookalikeIndex:
 
 def reasoning_fingerprint(data_dir: Path, cfg: StoreConfig) -> str:
     """Changes when the reasoning-feature parts or the index settings change."""
-    parts = sorted((data_dir / REASONING_TABLE).glob("part-*.parquet"))
+    table = DatasetLayout(data_dir).features.reasoning
+    parts = sorted(table.glob(PART_GLOB))
     if not parts:
-        raise StoreError(f"no reasoning features at {data_dir / REASONING_TABLE}")
+        raise StoreError(f"no reasoning features at {table}")
     stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in parts]
     knobs = [cfg.exact_max_users, cfg.hnsw_m, cfg.hnsw_ef_construction, cfg.hnsw_ef_search,
              cfg.recall_queries]
@@ -205,14 +205,15 @@ def load_or_build_index(data_dir: Path | str, settings: "Settings | None" = None
     """The dataset's FAISS index: loaded from DIR/feast/lookalike/, built when stale or absent."""
     cfg = store_config(settings, store)
     data_dir = Path(data_dir).resolve()
-    folder = repo_path(data_dir, repo_dir) / INDEX_DIRNAME
+    folder = FeastLayout(repo_path(data_dir, repo_dir)).lookalike
     fingerprint = reasoning_fingerprint(data_dir, cfg)
     if not rebuild and (folder / "meta.json").exists():
         index = LookalikeIndex.load(folder)
         if index.info.fingerprint == fingerprint:
             return index
     fs = get_store(data_dir, repo_dir)
-    ids = read_table(data_dir / REASONING_TABLE, columns=["user_id"]).column(0).to_numpy()
+    ids = read_table(DatasetLayout(data_dir).features.reasoning,
+                     columns=["user_id"]).column(0).to_numpy()
     user_ids, vectors = embedding_matrix(fs, np.unique(ids))
     index = LookalikeIndex.build(user_ids, vectors, exact_max_users=cfg.exact_max_users,
                                  hnsw_m=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction,
@@ -225,7 +226,7 @@ def load_or_build_index(data_dir: Path | str, settings: "Settings | None" = None
 def default_features(fs: "FeatureStore") -> list[str]:
     """Each neighbour's typed states (value and probability) and provenance."""
     names = [f.name for f in fs.get_feature_view("user_states").features]
-    return [f"user_states:{n}" for n in names if not n.endswith("_probs")
+    return [f"user_states:{n}" for n in names if not is_probs_column(n)
             and n != "model_version"]
 
 

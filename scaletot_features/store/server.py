@@ -32,6 +32,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from scaletot_features.data.io import read_json
+from scaletot_features.dataset import DatasetLayout
 from scaletot_features.profile import FieldKind, ProfileField, ProfileSchema
 
 MAX_ROWS = 10_000
@@ -225,7 +226,8 @@ def create_app(data_dir: Path | str, repo_dir: Path | str | None = None) -> Any:
 
     data_dir = Path(data_dir).resolve()
     fs = get_store(data_dir, repo_dir)
-    schema = ProfileSchema.model_validate(read_json(data_dir / "manifest.json")["profile_schema"])
+    schema = ProfileSchema.model_validate(
+        read_json(DatasetLayout(data_dir).manifest)["profile_schema"])
     catalog = Catalog.from_store(fs, schema)
     # read once: a registry lookup per request costs ~15 ms (restart the server after apply)
     services = {s.name: s for s in fs.list_feature_services()}

@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from feast.errors import FeastError
 
+from scaletot_features.dataset import (
+    EMBEDDING, LIVE_PREFIX, live_column, live_columns, state_columns,
+)
 from scaletot_features.encoder.model import (
     MISSING_ID,
     NUMERIC_CLIP,
@@ -43,7 +46,7 @@ ENCODER_DIR_ENV = "SCALETOT_ENCODER_DIR"
 ENCODER_DEVICE_ENV = "SCALETOT_ENCODER_DEVICE"
 """Device for request-time encoding; default cpu (one row is faster there than on a GPU)."""
 DEFAULT_PREFIX = "profile_"
-OUTPUT_PREFIX = "live_"
+OUTPUT_PREFIX = LIVE_PREFIX
 
 _lock = threading.Lock()
 _cache: dict[str, tuple[int, "Encoder"]] = {}
@@ -287,17 +290,14 @@ def encode_request(inputs: Mapping[str, Sequence[Any]], encoder_dir: str | None,
     cols, n = profile_columns(inputs, encoder, prefix)
     out: dict[str, list[Any]] = {}
     if n == 0:
-        out[OUTPUT_PREFIX + "embedding"] = []
-        for t in encoder.taxonomy.types:
-            for suffix in ("", "_prob", "_probs"):
-                out[f"{OUTPUT_PREFIX}{t.name}{suffix}"] = []
-        return out
+        return {name: [] for name in live_columns(encoder.taxonomy.type_names)}
     emb, probs = predict_rows(encoder, cols, n)
-    out[OUTPUT_PREFIX + "embedding"] = emb.tolist()
+    out[live_column(EMBEDDING)] = emb.tolist()
     for t, p in zip(encoder.taxonomy.types, probs):
         idx = p.argmax(axis=1)
         names = t.value_names
-        out[f"{OUTPUT_PREFIX}{t.name}"] = [names[i] for i in idx]
-        out[f"{OUTPUT_PREFIX}{t.name}_prob"] = p[range(len(idx)), idx].tolist()
-        out[f"{OUTPUT_PREFIX}{t.name}_probs"] = p.tolist()
+        value, prob, dist = (live_column(c) for c in state_columns(t.name))
+        out[value] = [names[i] for i in idx]
+        out[prob] = p[range(len(idx)), idx].tolist()
+        out[dist] = p.tolist()
     return out
