@@ -501,6 +501,11 @@ TEACHER_FAILURE_SCHEMA = pa.schema([pa.field("user_id", pa.int64()),
 """``DIR/teacher/failures``: users whose chain could not be produced or validated, with why."""
 
 
+STUDENT_SPLIT_SCHEMA = pa.schema([pa.field("user_id", pa.int64(), nullable=False),
+                                  pa.field("split", pa.string(), nullable=False)])
+"""``DIR/student/split.parquet``: ``train`` or ``holdout`` per covered user."""
+
+
 def student_chain_schema(taxonomy: Taxonomy, segment_representations: bool = True) -> pa.Schema:
     """``DIR/student/chains``: one row per user, valid or not, with the LLM's representations.
 

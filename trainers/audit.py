@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scaletot_features.config import Settings
-from scaletot_features.data.io import DatasetLayout, read_table, write_json_atomic
+from scaletot_features.data.io import read_table, write_json_atomic
+from scaletot_features.dataset import DatasetLayout, probs_column
 from scaletot_features.data.labels import label_names
 from scaletot_features.ltv.metrics import spearman
 from scaletot_features.profile import FieldKind, ProfileSchema
@@ -33,7 +34,7 @@ FOLDS = 5
 
 
 def audit_path(data_dir: Path) -> Path:
-    return Path(data_dir) / "teacher" / "audit.json"
+    return DatasetLayout(data_dir).teacher.audit
 
 
 def outcome_column(outcome: str, horizon_days: int, label_columns: list[str]) -> str | None:
@@ -130,11 +131,11 @@ def teacher_audit(data_dir: Path, settings: Settings, chains: pa.Table) -> dict:
                        "profile_ridge_cv": _finite(spearman(y, _oof_ridge(x_profile, y))),
                        "states": {}}
         for t in types:
-            if f"{t}_probs" not in chains.column_names or chains.column(f"{t}_probs").null_count:
+            if probs_column(t) not in chains.column_names or chains.column(probs_column(t)).null_count:
                 entry["states"][t] = {"reason": "chains without distributions (written before "
                                       "T_probs existed): rerun `scaletot teach --overwrite`"}
                 continue
-            probs = np.array(chains.column(f"{t}_probs").to_pylist(), dtype=float)
+            probs = np.array(chains.column(probs_column(t)).to_pylist(), dtype=float)
             expected = probs @ np.arange(probs.shape[1])
             entry["states"][t] = {"spearman_expected": _finite(spearman(y, expected)),
                                   "spearman_cv": _finite(spearman(y, _oof_ridge(probs, y)))}

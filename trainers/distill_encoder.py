@@ -44,14 +44,21 @@ from torch.nn import functional as F
 from scaletot_features.chain import parse_chain_values
 from scaletot_features.config import Settings
 from scaletot_features.data.io import (
-    DatasetLayout,
     atomic_dir,
     iter_batches,
     read_json,
     read_table,
-    run_summary_path,
     write_json_atomic,
     write_parquet_atomic,
+)
+from scaletot_features.dataset import (
+    STUDENT,
+    DatasetLayout,
+    distill_target_schema,
+    part_file,
+    prob_column,
+    run_summary_path,
+    value_column,
 )
 from scaletot_features.encoder.artifact import save_encoder
 from scaletot_features.encoder.embed import data_profile_schema, encoder_dir
@@ -71,11 +78,11 @@ class TargetsError(ValueError):
 
 
 def student_chains_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / "student" / "chains"
+    return DatasetLayout(data_dir).student.chains
 
 
 def student_split_path(data_dir: Path) -> Path:
-    return Path(data_dir) / "student" / "split.parquet"
+    return DatasetLayout(data_dir).student.split
 
 
 # --------------------------------------------------------------------------- targets
@@ -83,13 +90,7 @@ def student_split_path(data_dir: Path) -> Path:
 
 def target_schema(taxonomy: Taxonomy) -> pa.Schema:
     """The columns :func:`chain_targets` writes (the student chain contract's subset we read)."""
-    cols = [pa.field(ID_COLUMN, pa.int64(), nullable=False), pa.field("chain_text", pa.string()),
-            pa.field("valid", pa.bool_()), pa.field("error", pa.string())]
-    for t in taxonomy.type_names:
-        cols += [pa.field(t, pa.string()), pa.field(f"{t}_prob", pa.float64())]
-    cols += [pa.field("representation", pa.list_(pa.float32())),
-             pa.field("provenance", pa.string()), pa.field("model_id", pa.string())]
-    return pa.schema(cols)
+    return distill_target_schema(taxonomy)
 
 
 def chain_targets(data_dir: Path, chains: pa.Table, backend: Any, out: Path,
@@ -130,11 +131,11 @@ def chain_targets(data_dir: Path, chains: pa.Table, backend: Any, out: Path,
             rec.update(valid=False, error=str(e))
             values = {}
         for t in taxonomy.type_names:
-            rec[t] = values.get(t)
-            rec[f"{t}_prob"] = r.get(f"{t}_prob")
+            rec[value_column(t)] = values.get(t)
+            rec[prob_column(t)] = r.get(prob_column(t))
         table_rows.append(rec)
     table = pa.Table.from_pylist(table_rows, schema=target_schema(taxonomy))
-    write_parquet_atomic(table, out / "part-00000.parquet")
+    write_parquet_atomic(table, part_file(out, 0))
     return out
 
 
@@ -185,7 +186,7 @@ def load_targets(path: Path, taxonomy: Taxonomy) -> tuple[pa.Table, dict[str, An
                  if "model_id" in table.column_names else [])
     info = {"path": str(path), "rows": rows_in, "usable_rows": table.num_rows,
             "representation_dim": lengths[0],
-            "provenance": provenance or ["student" if "student" in path.parts else "unknown"],
+            "provenance": provenance or ["student" if STUDENT in path.parts else "unknown"],
             "model_ids": model_ids}
     return table.sort_by(ID_COLUMN), info
 
@@ -351,14 +352,15 @@ def distill_encoder(data_dir: Path | str, settings: Settings, targets: Path | No
     schema = data_profile_schema(data_dir, settings)
     target_path = Path(targets) if targets is not None else student_chains_dir(data_dir)
     tgt, info = load_targets(target_path, taxonomy)
-    profiles = _profiles_for(DatasetLayout(data_dir).profiles, tgt.column(ID_COLUMN), schema)
+    profiles_dir = DatasetLayout(data_dir).profiles
+    profiles = _profiles_for(profiles_dir, tgt.column(ID_COLUMN), schema)
     have = pc.is_in(tgt.column(ID_COLUMN), value_set=profiles.column(ID_COLUMN))
     info["without_profile"] = int(tgt.num_rows - (pc.sum(have).as_py() or 0))
     tgt = tgt.filter(have)
     if tgt.num_rows == 0:
-        raise TargetsError(f"none of the target users of {target_path} is in {data_dir}/profiles")
+        raise TargetsError(f"none of the target users of {target_path} is in {profiles_dir}")
     if not tgt.column(ID_COLUMN).equals(profiles.column(ID_COLUMN)):
-        raise TargetsError(f"{data_dir}/profiles has duplicate user ids among the target users "
+        raise TargetsError(f"{profiles_dir} has duplicate user ids among the target users "
                            "(run the sparse-profile gate)")
 
     threads = torch.get_num_threads()

@@ -42,15 +42,21 @@ from rich.console import Console
 
 from scaletot_features.config import Settings
 from scaletot_features.data.io import (
-    DatasetLayout,
     atomic_dir,
     is_current,
     parquet_files,
     read_json,
     read_table,
-    run_summary_path,
     write_json_atomic,
     write_parquet_atomic,
+)
+from scaletot_features.dataset import (
+    DatasetLayout,
+    ReasoningChunk,
+    STUDENT_MODELS,
+    probs_column,
+    run_summary_path,
+    student_manifest,
 )
 from scaletot_features.encoder.embed import data_profile_schema, encoder_dir, features_dir
 from scaletot_features.ltv.metrics import summarize
@@ -59,17 +65,12 @@ from scaletot_features.taxonomy import Taxonomy
 from trainers.distill_encoder import _hash01
 from trainers.ltv import LTVModel
 
-RESULTS = "results.json"
 SLICES = ("all", "low_activity")
 TARGETS = ("revenue", "active")
 
 
 class EvaluationError(ValueError):
     """The data cannot be evaluated as asked; the message names what is missing."""
-
-
-def eval_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / "eval"
 
 
 # --------------------------------------------------------------------------- 1. the frame
@@ -84,8 +85,8 @@ def training_frame(data_dir: Path, settings: Settings, console: Console) -> pa.T
     from scaletot_features.store.repo import apply_repo, get_store, historical_features
 
     layout = DatasetLayout(data_dir)
-    out = eval_dir(data_dir) / "frame.parquet"
-    registry = data_dir / "feast" / "registry.db"
+    out = layout.eval.frame
+    registry = layout.feast.registry
     if not is_current(out, layout.labels, layout.profiles, features_dir(data_dir), registry):
         if not registry.exists():
             apply_repo(data_dir, settings)
@@ -99,7 +100,7 @@ def training_frame(data_dir: Path, settings: Settings, console: Console) -> pa.T
         profile_only = get_store(data_dir).get_feature_service("ltv_profile_only")
         names = [f.name for p in profile_only.feature_view_projections for f in p.features]
         write_json_atomic({"service": service, "profile_only_features": names},
-                          eval_dir(data_dir) / "frame.json")
+                          layout.eval.frame_info)
     table = read_table(out)
     return table.take(pc.sort_indices(table, [(ID_COLUMN, "ascending")]))
 
@@ -130,9 +131,7 @@ def low_activity_mask(table: pa.Table, predicate: str) -> np.ndarray:
 
 
 def covered_users(data_dir: Path) -> np.ndarray:
-    from trainers.teach import teacher_layout
-
-    path = teacher_layout(data_dir).coverage
+    path = DatasetLayout(data_dir).teacher.coverage
     if not path.exists():
         return np.zeros(0, dtype=np.int64)
     return read_table(path, columns=[ID_COLUMN]).column(ID_COLUMN).to_numpy()
@@ -161,12 +160,12 @@ def _list_matrix(col: pa.ChunkedArray) -> np.ndarray:
 
 def reasoning_matrix(table: pa.Table, taxonomy: Taxonomy) -> np.ndarray:
     """Encoder features: the embedding and, per state type, its value distribution."""
-    missing = [c for c in ["embedding"] + [f"{t}_probs" for t in taxonomy.type_names]
+    missing = [c for c in ["embedding"] + [probs_column(t) for t in taxonomy.type_names]
                if c not in table.column_names]
     if missing:
         raise EvaluationError(f"the reasoning features lack columns {missing}")
     return np.concatenate([_list_matrix(table.column("embedding"))]
-                          + [_list_matrix(table.column(f"{t}_probs")) for t in taxonomy.type_names],
+                          + [_list_matrix(table.column(probs_column(t))) for t in taxonomy.type_names],
                           axis=1)
 
 
@@ -196,7 +195,7 @@ def profile_text_matrix(data_dir: Path, table: pa.Table, schema: ProfileSchema,
     """(B) all-MiniLM-L6-v2 over the profile text, cached in DIR/eval; (matrix, seconds)."""
     from scaletot_features.encoder.model import TextEmbedder
 
-    out = eval_dir(data_dir) / "profile_text_embedding.parquet"
+    out = DatasetLayout(data_dir).eval.profile_text_embedding
     meta = run_summary_path(out)
     if is_current(out, DatasetLayout(data_dir).profiles) and meta.exists():
         cached = read_table(out)
@@ -266,23 +265,23 @@ def student_reasoning(data_dir: Path, settings: Settings, user_ids: np.ndarray,
     have = read_table(paths["chains"])
     tables = [have.filter(pc.is_in(have.column(ID_COLUMN), value_set=pa.array(user_ids)))]
     todo = user_ids[~np.isin(user_ids, have.column(ID_COLUMN).to_numpy())]
-    root = eval_dir(data_dir) / "reasoning"
+    layout = DatasetLayout(data_dir).eval
     size = settings.ltv.reasoning_chunk
     seconds, ran = 0.0, 0
     for k, start in enumerate(range(0, len(todo), size)):
-        chunk = root / f"chunk-{k:05d}"
+        chunk = layout.chunk(k)
         ids = todo[start:start + size]
-        done = read_table(chunk / "chains") if is_current(chunk, model_dir) else None
+        done = read_table(chunk.chains) if is_current(chunk.root, model_dir) else None
         if done is None or done.column(ID_COLUMN).to_pylist() != ids.tolist():
             console.print(f"  student reasoning: users {start + 1:,}-{start + len(ids):,} "
                           f"of {len(todo):,} new")
-            with atomic_dir(chunk, overwrite=True) as tmp:
+            with atomic_dir(chunk.root, overwrite=True) as tmp:
                 summary = run_inference(data_dir, settings, user_ids=ids.tolist(),
-                                        out_dir=tmp / "chains", progress=progress)
-                write_json_atomic(summary, tmp / "summary.json")
-            done = read_table(chunk / "chains")
+                                        out_dir=ReasoningChunk(tmp).chains, progress=progress)
+                write_json_atomic(summary, ReasoningChunk(tmp).summary)
+            done = read_table(chunk.chains)
             ran += len(ids)
-        seconds += float(read_json(chunk / "summary.json")["seconds"])
+        seconds += float(read_json(chunk.summary)["seconds"])
         tables.append(done)
     chains = pa.concat_tables(tables, promote_options="default")
     covered_summary = read_json(paths["chains_summary"]) if paths["chains_summary"].exists() else {}
@@ -309,9 +308,9 @@ def prompt_tokens(data_dir: Path, settings: Settings, user_ids: np.ndarray) -> n
 
 
 def teacher_cost(data_dir: Path) -> dict[str, Any]:
-    from trainers.teach import load_chains, teacher_layout
+    from trainers.teach import load_chains
 
-    if not teacher_layout(data_dir).chains.exists():
+    if not DatasetLayout(data_dir).teacher.chains.exists():
         return {"teacher_users": 0, "teacher_calls": 0, "teacher_tokens": 0, "teacher_seconds": 0.0}
     chains = load_chains(data_dir)
     total = lambda c: pc.sum(chains.column(c)).as_py() or 0  # noqa: E731
@@ -328,8 +327,8 @@ def sweep_point(data_dir: Path, settings: Settings, chains: pa.Table, users: np.
     from scaletot_features.encoder import embed_population
     from trainers.distill_encoder import distill_encoder
 
-    root = eval_dir(data_dir) / "sweep" / f"users-{len(users):07d}"
-    targets, enc, feats = root / "targets.parquet", root / "encoder", root / "features"
+    point = DatasetLayout(data_dir).eval.sweep_point(len(users))
+    targets, enc, feats = point.targets, point.encoder, point.features
     same = targets.exists() and \
         sorted(read_table(targets, columns=[ID_COLUMN]).column(ID_COLUMN).to_pylist()) == \
         sorted(users.tolist())
@@ -349,7 +348,7 @@ def sweep_point(data_dir: Path, settings: Settings, chains: pa.Table, users: np.
 def chains_sources(data_dir: Path) -> list[Path]:
     from trainers.student_stage import student_paths
 
-    return [student_paths(data_dir)["chains"], eval_dir(data_dir) / "reasoning"]
+    return [student_paths(data_dir)["chains"], DatasetLayout(data_dir).eval.reasoning]
 
 
 @dataclass
@@ -521,13 +520,14 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
     data_dir = Path(data_dir).resolve()
     cfg = settings.ltv
     t_start = time.perf_counter()
-    out = eval_dir(data_dir)
+    layout = DatasetLayout(data_dir)
+    out = layout.eval.root
     out.mkdir(parents=True, exist_ok=True)
     schema = data_profile_schema(data_dir, settings)
     taxonomy = settings.taxonomy()
 
     frame = training_frame(data_dir, settings, console)
-    active_name, revenue_name = json.loads((data_dir / "manifest.json").read_text())["label_names"]
+    active_name, revenue_name = json.loads(layout.manifest.read_text())["label_names"]
     known = pc.and_(pc.is_valid(frame.column(active_name)), pc.is_valid(frame.column(revenue_name)))
     dropped = frame.num_rows - (pc.sum(known).as_py() or 0)
     frame = frame.filter(known)
@@ -536,7 +536,7 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
     ids = frame.column(ID_COLUMN).to_numpy()
     y = {"revenue": frame.column(revenue_name).to_numpy().astype(np.float64),
          "active": frame.column(active_name).to_numpy().astype(np.float64)}
-    service_fields = read_json(out / "frame.json")["profile_only_features"]
+    service_fields = read_json(layout.eval.frame_info)["profile_only_features"]
     if sorted(service_fields) != sorted(schema.names):
         raise EvaluationError(f"the ltv_profile_only service serves {sorted(service_fields)}, "
                               f"the profile schema declares {sorted(schema.names)}: apply the "
@@ -600,9 +600,9 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
         "runs": runs, "fit_seconds": round(time.perf_counter() - t_fit, 1),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    write_parquet_atomic(pa.concat_tables(predictions), out / "predictions.parquet")
-    results["report"] = str(write_report(results, out / "predictions.parquet", out))
-    write_json_atomic(results, out / RESULTS)
+    write_parquet_atomic(pa.concat_tables(predictions), layout.eval.predictions)
+    results["report"] = str(write_report(results, layout.eval.predictions, out))
+    write_json_atomic(results, layout.eval.results)
     return results
 
 
@@ -612,8 +612,8 @@ def _stage_cost(data_dir: Path) -> dict[str, Any]:
     from trainers.student_stage import student_paths
 
     paths = student_paths(data_dir)
-    training = sum(float(read_json(paths[k] / "student.json").get("wall_seconds") or 0.0)
-                   for k in ("sft", "osipo") if (paths[k] / "student.json").exists())
+    training = sum(float(read_json(student_manifest(paths[k])).get("wall_seconds") or 0.0)
+                   for k in STUDENT_MODELS if student_manifest(paths[k]).exists())
     cost: dict[str, Any] = {"student_training_seconds": round(training, 1)}
     if paths["chains_summary"].exists():
         cost["student_seconds"] = round(float(read_json(paths["chains_summary"])["seconds"]), 1)

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from scaletot_features.data.io import read_table
+from scaletot_features.dataset import EvalLayout
 from scaletot_features.ltv.metrics import gain_curve
 
 HEADERS: dict[str, str] = {  # summary key without the slice -> column header
@@ -141,7 +142,7 @@ def plot_gain_curves(results: dict[str, Any], predictions: Path, out: Path) -> P
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    path = out / "gain_curves.png"
+    path = EvalLayout(out).gain_curves
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -180,14 +181,15 @@ def plot_coverage(results: dict[str, Any], out: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = out / "coverage_uplift.png"
+    path = EvalLayout(out).coverage_uplift
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
 def write_report(results: dict[str, Any], predictions: Path, out: Path) -> Path:
-    """Write ``out/report.md`` with its PNGs; returns the Markdown's path."""
+    """Write ``out/report.md`` with its PNGs (``out``: an eval folder, ``dataset.EvalLayout``);
+    returns the Markdown's path."""
     gains = plot_gain_curves(results, predictions, out)
     coverage = plot_coverage(results, out)
     low = results["low_activity"]
@@ -245,7 +247,7 @@ def write_report(results: dict[str, Any], predictions: Path, out: Path) -> Path:
                   + " of student inference at the measured rate.", ""]
     parts += [f"Evaluation took {results['seconds']:.0f} s ({results['fit_seconds']:.0f} s "
               "fitting LTV models).", ""]
-    path = out / "report.md"
+    path = EvalLayout(out).report
     tmp = path.with_name(".report.md.tmp")
     tmp.write_text("\n".join(parts))
     tmp.replace(path)

@@ -31,18 +31,14 @@ import pyarrow.parquet as pq
 from scaletot_features.config import Settings
 from scaletot_features.data.io import atomic_dir, write_parquet_atomic
 from scaletot_features.reasoning.prompts import student_prompt
+from scaletot_features.dataset import STUDENT_SPLIT_SCHEMA, DatasetLayout
 from scaletot_features.reasoning.student import STUDENT_MANIFEST, profile_texts
 
-SPLIT_SCHEMA = pa.schema([pa.field("user_id", pa.int64(), nullable=False),
-                          pa.field("split", pa.string(), nullable=False)])
-
-
-def student_root(data_dir: Path) -> Path:
-    return Path(data_dir) / "student"
+SPLIT_SCHEMA = STUDENT_SPLIT_SCHEMA
 
 
 def split_path(data_dir: Path) -> Path:
-    return student_root(data_dir) / "split.parquet"
+    return DatasetLayout(data_dir).student.split
 
 
 def _rank(user_id: int, seed: int) -> str:
@@ -176,7 +172,7 @@ def train_sft(data_dir: Path, settings: Settings, progress: bool = True,
     from scaletot_features.llm.packaged import model_id_for
 
     data_dir = Path(data_dir)
-    out = student_root(data_dir) / "sft"
+    out = DatasetLayout(data_dir).student.sft
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass overwrite to replace it)")
     s = settings.student

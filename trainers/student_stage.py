@@ -26,7 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scaletot_features.config import Settings
-from scaletot_features.data.io import DatasetLayout, read_table, write_json_atomic
+from scaletot_features.data.io import read_table, write_json_atomic
+from scaletot_features.dataset import DatasetLayout, student_manifest
 from scaletot_features.runtime import torch_threads
 from scaletot_features.data.labels import label_names
 
@@ -79,10 +80,10 @@ class ResourceMeter:
 
 
 def student_paths(data_dir: Path) -> dict[str, Path]:
-    root = Path(data_dir) / "student"
-    return {"root": root, "split": root / "split.parquet", "sft": root / "sft",
-            "osipo": root / "osipo", "chains": root / "chains",
-            "chains_summary": root / "chains_summary.json"}
+    """The student stage's outputs by name (``dataset.StudentLayout``), keyed as the stages are."""
+    s = DatasetLayout(data_dir).student
+    return {"root": s.root, "split": s.split, "sft": s.sft, "osipo": s.osipo, "chains": s.chains,
+            "chains_summary": s.chains_summary}
 
 
 # ---- OSIPO ----------------------------------------------------------------------------------
@@ -106,8 +107,6 @@ def osipo_config(settings: Settings, output_dir: Path | str = "osipo"):  # -> OS
 def outcome_rows(data_dir: Path, user_ids: Sequence[int], horizon_days: int) -> dict[int, dict]:
     """user_id -> {"lt30", "revenue_30"} (the horizon's labels under OSIPO's names) and
     ``segment`` (the coverage stratum, for user re-weighting)."""
-    from trainers.teach import teacher_layout
-
     active, revenue = label_names(horizon_days)
     ids = pa.array(list(user_ids), pa.int64())
     labels = read_table(DatasetLayout(Path(data_dir)).labels, columns=["user_id", active, revenue])
@@ -116,7 +115,7 @@ def outcome_rows(data_dir: Path, user_ids: Sequence[int], horizon_days: int) -> 
     missing = [u for u in user_ids if u not in out]
     if missing:
         raise KeyError(f"{len(missing)} users have no labels, e.g. user_id={missing[0]}")
-    coverage = teacher_layout(Path(data_dir)).coverage
+    coverage = DatasetLayout(data_dir).teacher.coverage
     if coverage.exists():
         cov = pq.read_table(coverage, columns=["user_id", "stratum"]).to_pylist()
         strata = {r["user_id"]: r["stratum"] for r in cov}
@@ -154,7 +153,7 @@ def train_osipo(data_dir: Path, settings: Settings, progress: bool = True,
     summary = trainer.train(progress=progress)
     import json
 
-    sft_meta = json.loads((paths["sft"] / "student.json").read_text())
+    sft_meta = json.loads(student_manifest(paths["sft"]).read_text())
     manifest = {
         "stage": "osipo", "base_model": s.model, "base_model_id": sft_meta.get("base_model_id"),
         "lora": s.lora, "train_users": len(rows), "beta": args.beta,
@@ -173,9 +172,7 @@ def train_osipo(data_dir: Path, settings: Settings, progress: bool = True,
 
 
 def covered_user_ids(data_dir: Path) -> list[int]:
-    from trainers.teach import teacher_layout
-
-    return sorted(pq.read_table(teacher_layout(Path(data_dir)).coverage,
+    return sorted(pq.read_table(DatasetLayout(data_dir).teacher.coverage,
                                 columns=["user_id"]).column("user_id").to_pylist())
 
 
@@ -275,9 +272,7 @@ def _record_resources(model_dir: Path, meter: ResourceMeter) -> None:
     """Add the stage's peak memory and wall time to its ``student.json``."""
     import json
 
-    from scaletot_features.reasoning.student import STUDENT_MANIFEST
-
-    path = model_dir / STUDENT_MANIFEST
+    path = student_manifest(model_dir)
     meta = json.loads(path.read_text())
     meta.update(meter.as_dict())
     write_json_atomic(meta, path)

@@ -29,7 +29,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from scaletot_features.chain import parse_chain_values
 from scaletot_features.config import Settings
 from scaletot_features.data.io import (
-    DatasetLayout, parquet_files, read_json, read_table, write_json_atomic, write_parquet_atomic,
+    parquet_files, read_json, read_table, write_json_atomic, write_parquet_atomic,
+)
+from scaletot_features.dataset import (
+    TEACHER_FAILURE_SCHEMA, DatasetLayout, TeacherLayout, part_file, teacher_chain_schema,
 )
 from scaletot_features.llm.backend import LLMBackend
 from scaletot_features.profile import FieldKind, ProfileSchema, ProfileStyle
@@ -41,49 +44,12 @@ from scaletot_features.taxonomy import Taxonomy
 from trainers.audit import teacher_audit
 
 
-@dataclass(frozen=True)
-class TeacherLayout:
-    root: Path
-
-    @property
-    def coverage(self) -> Path:
-        return self.root / "coverage.parquet"
-
-    @property
-    def chains(self) -> Path:
-        return self.root / "chains"
-
-    @property
-    def failures(self) -> Path:
-        return self.root / "failures"
-
-    @property
-    def drift(self) -> Path:
-        return self.root / "coverage_drift.json"
-
-
 def teacher_layout(data_dir: Path) -> TeacherLayout:
-    return TeacherLayout(Path(data_dir) / "teacher")
+    return DatasetLayout(data_dir).teacher
 
 
-def chain_schema(taxonomy: Taxonomy) -> pa.Schema:
-    cols = [pa.field("user_id", pa.int64(), nullable=False),
-            pa.field("event_timestamp", pa.timestamp("us", tz="UTC")),
-            pa.field("chain_text", pa.string())]
-    for t in taxonomy.type_names:
-        cols += [pa.field(t, pa.string()), pa.field(f"{t}_prob", pa.float64()),
-                 pa.field(f"{t}_entropy", pa.float64()),
-                 pa.field(f"{t}_evidence", pa.list_(pa.string())),
-                 pa.field(f"{t}_probs", pa.list_(pa.float64()))]
-    cols += [pa.field("provenance", pa.string()), pa.field("model_id", pa.string()),
-             pa.field("scoring", pa.string()), pa.field("search", pa.string()),
-             pa.field("logp", pa.float64()), pa.field("scoring_calls", pa.int32()),
-             pa.field("branched_nodes", pa.int32()), pa.field("prompt_tokens", pa.int64()),
-             pa.field("seconds", pa.float64())]
-    return pa.schema(cols)
-
-
-FAILURE_SCHEMA = pa.schema([pa.field("user_id", pa.int64()), pa.field("reason", pa.string())])
+chain_schema = teacher_chain_schema
+FAILURE_SCHEMA = TEACHER_FAILURE_SCHEMA
 
 
 def _config_key(settings: Settings, taxonomy: Taxonomy) -> str:
@@ -238,11 +204,11 @@ def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, tax
             good, bad = _teach_part(part_rows, schema, scorer, backend, taxonomy, cfg, tc)
             if good:
                 table = pa.Table.from_pylist(good, schema=out_schema)
-                write_parquet_atomic(table, out.chains / f"part-{next_part:05d}.parquet")
+                write_parquet_atomic(table, part_file(out.chains, next_part))
                 next_part += 1
             if bad:
                 table = pa.Table.from_pylist(bad, schema=FAILURE_SCHEMA)
-                write_parquet_atomic(table, out.failures / f"part-{next_fail:05d}.parquet")
+                write_parquet_atomic(table, part_file(out.failures, next_fail))
                 next_fail += 1
             written += len(good)
             failed += len(bad)
