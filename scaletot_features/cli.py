@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from scaletot_features.config import ConfigError, Settings, load_settings
+from scaletot_features.dataset import DatasetLayout
 
 app = typer.Typer(
     add_completion=False,
@@ -30,6 +31,11 @@ PresetOpt = typer.Option(None, "--preset", "-p", help="tiny | demo | full (defau
 def _fail(message: str, code: int = 2) -> None:
     console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+def _require_dataset(data_dir: Path) -> None:
+    if not DatasetLayout(data_dir).manifest.exists():
+        _fail(f"{data_dir} is not a dataset directory (no manifest.json); run generate or ingest")
 
 
 def _settings(config: Optional[Path], preset: Optional[str]) -> Settings:
@@ -127,13 +133,12 @@ def validate(
     from validation.gate import format_failures, validate_dataset
 
     s = _settings(config, preset)
-    if not (data_dir / "manifest.json").exists():
-        _fail(f"{data_dir} is not a dataset directory (no manifest.json); run generate or ingest")
+    _require_dataset(data_dir)
     results = validate_dataset(data_dir, s)
     for r in results:
         mark = "[green]passed[/]" if r.success else "[red]FAILED[/]"
         console.print(f"{r.suite}: {mark}")
-    console.print(f"results written to {data_dir / 'validation'}")
+    console.print(f"results written to {DatasetLayout(data_dir).validation}")
     if not all(r.success for r in results):
         console.print(format_failures(results), highlight=False)
         if s.validation.stop_on_failure:
@@ -159,7 +164,7 @@ def teach(
     import shutil
 
     from trainers.audit import audit_lines
-    from trainers.teach import teach as run_teach, teach_report, teacher_layout
+    from trainers.teach import teach as run_teach, teach_report
 
     s = _settings(config, preset)
     for key, value in (("model", model), ("scoring", scoring), ("search", search),
@@ -169,10 +174,9 @@ def teach(
                 setattr(s.teacher, key, value)
             except ValueError as e:
                 _fail(f"--{key}: {e.errors()[0]['msg'] if hasattr(e, 'errors') else e}")
-    if not (data_dir / "manifest.json").exists():
-        _fail(f"{data_dir} is not a dataset directory (no manifest.json); run generate or ingest")
-    if overwrite and teacher_layout(data_dir).root.exists():
-        shutil.rmtree(teacher_layout(data_dir).root)
+    _require_dataset(data_dir)
+    if overwrite and DatasetLayout(data_dir).teacher.root.exists():
+        shutil.rmtree(DatasetLayout(data_dir).teacher.root)
     try:
         summary = run_teach(data_dir, s)
     except (ValueError, RuntimeError, FileNotFoundError) as e:  # FileNotFound: a model not installed
@@ -341,8 +345,7 @@ def evaluate(
     from trainers.report import print_tables
 
     s = _settings(config, preset)
-    if not (data_dir / "manifest.json").exists():
-        _fail(f"{data_dir} is not a dataset directory (no manifest.json); run generate or ingest")
+    _require_dataset(data_dir)
     try:
         results = run_evaluate(data_dir, s, console)
     except (EvaluationError, FileNotFoundError) as e:

@@ -12,7 +12,8 @@ from pathlib import Path
 from rich.console import Console
 
 from scaletot_features.config import Settings
-from scaletot_features.data.io import DatasetLayout, is_current, read_json
+from scaletot_features.data.io import is_current, read_json
+from scaletot_features.dataset import DatasetLayout, demo_data_dir, encoder_manifest
 
 
 def run_demo(settings: Settings, console: Console) -> int:
@@ -21,7 +22,7 @@ def run_demo(settings: Settings, console: Console) -> int:
     from validation.gate import format_failures, validate_dataset
 
     out = Path(settings.out_dir)
-    layout = DatasetLayout(out / "data")
+    layout = DatasetLayout(demo_data_dir(out))
     t0 = time.perf_counter()
 
     console.rule(f"[bold]ScaleToT demo[/] preset={settings.preset} out={out}")
@@ -61,7 +62,7 @@ def run_demo(settings: Settings, console: Console) -> int:
         console.print(f"  {line}", highlight=False)
     if report.get("coverage_drift_success") is False:
         console.print("  [yellow]coverage subset drifts from the population "
-                      f"(see {layout.root / 'teacher' / 'coverage_drift.json'})[/]")
+                      f"(see {layout.teacher.drift})[/]")
 
     from trainers.student_stage import train_student
 
@@ -73,16 +74,15 @@ def run_demo(settings: Settings, console: Console) -> int:
     from scaletot_features.encoder import embed_population
     from trainers.distill_encoder import distill_encoder
 
-    encoder_manifest = layout.root / "encoder" / "manifest.json"
-    student_chains = layout.root / "student" / "chains"
-    if is_current(encoder_manifest, student_chains):
+    encoder = encoder_manifest(layout.encoder)
+    if is_current(encoder, layout.student.chains):
         console.print("[dim]distill: encoder is current, skipped[/]")
     else:
         report = distill_encoder(layout.root, settings)
         console.print(f"distill: encoder {report['model_version']} on {report['users']} users; "
                       f"held-out {report['metrics'].get('test', {})}", highlight=False)
-    features = layout.root / "features" / "reasoning_features"
-    if is_current(features, encoder_manifest):
+    features = layout.features.reasoning
+    if is_current(features, encoder):
         console.print("[dim]embed: features are current, skipped[/]")
     else:
         report = embed_population(layout.root, settings)
@@ -90,7 +90,7 @@ def run_demo(settings: Settings, console: Console) -> int:
 
     from scaletot_features.store.repo import apply_repo, materialize
 
-    online = layout.root / "feast" / "online_store.db"
+    online = layout.feast.online_store
     if is_current(online, features):
         console.print("[dim]features: online store is current, skipped[/]")
     else:
@@ -99,11 +99,11 @@ def run_demo(settings: Settings, console: Console) -> int:
         console.print(f"features: applied {repo}, materialized {report['rows']:,} rows "
                       f"into {report['online_store']}")
 
-    from trainers.evaluate import RESULTS, eval_dir, evaluate
+    from trainers.evaluate import evaluate
     from trainers.report import print_tables
 
-    results_path = eval_dir(layout.root) / RESULTS
-    if is_current(results_path, online, features, layout.root / "student" / "chains"):
+    results_path = layout.eval.results
+    if is_current(results_path, online, features, layout.student.chains):
         console.print("[dim]evaluate: results are current, skipped[/]")
         results = read_json(results_path)
     else:

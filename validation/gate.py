@@ -21,13 +21,13 @@ import pandas as pd
 import pyarrow as pa
 
 from scaletot_features.data.io import (
-    DatasetLayout,
     count_rows,
     iter_batches,
     read_json,
     read_table,
     write_json_atomic,
 )
+from scaletot_features.dataset import DatasetLayout
 from scaletot_features.profile import ID_COLUMN, ProfileSchema
 from validation.suites import Suite, label_suite, sparse_profile_suite
 
@@ -244,7 +244,7 @@ def _read_maybe_sampled(path: Path, max_rows: int) -> tuple[pd.DataFrame, int, b
 
 
 def _write(result: GateResult, layout: DatasetLayout) -> None:
-    write_json_atomic(result.to_json(), layout.validation / f"{result.suite}.json")
+    write_json_atomic(result.to_json(), layout.validation_result(result.suite))
 
 
 def validate_dataset(

@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from scaletot_features.dataset import REASONING_TABLE, state_columns
 from scaletot_features.profile import (
     ID_COLUMN,
     TIMESTAMP_COLUMN,
@@ -48,7 +49,7 @@ PROB_TOLERANCE = 1e-3  # per-row probabilities must sum to 1 within this
 SPARSE_PROFILE = "sparse_profile"
 LABELS = "labels"
 COVERAGE_DRIFT = "coverage_drift"
-REASONING_FEATURES = "reasoning_features"
+REASONING_FEATURES = REASONING_TABLE  # named for the table it checks
 
 
 def _identity(df: pd.DataFrame) -> pd.DataFrame:
@@ -396,7 +397,7 @@ def reasoning_feature_suite(
     ]
     list_columns: list[str] = []
     for t in taxonomy.types:
-        col, prob = f"{prefix}{t.name}", f"{prefix}{t.name}_prob"
+        col, prob, probs = (prefix + c for c in state_columns(t.name))
         exps += [
             gxe.ExpectColumnValuesToNotBeNull(column=col, meta=_meta("not_null", col, "no nulls")),
             gxe.ExpectColumnValuesToBeInSet(column=col, value_set=t.value_names,
@@ -406,7 +407,6 @@ def reasoning_feature_suite(
                                               meta=_meta("prob_range", prob, "probabilities in [0, 1]")),
         ]
         if prob_lists:
-            probs = f"{prefix}{t.name}_probs"
             list_columns.append(probs)
             k = len(t.value_names)
             exps += _list_column_checks(gxe, probs, k, f"{k} probabilities per row")
