@@ -31,25 +31,39 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.types import Array, Float32, Float64, Int32, Int64, String
 from feast.value_type import ValueType
 
+from scaletot_features.dataset import (
+    EMBEDDING,
+    PART_GLOB,
+    DatasetLayout,
+    FeastLayout,
+    demo_data_dir,
+    encoder_manifest,
+    live_column,
+    state_columns,
+    state_types,
+)
+
 
 def _data_dir() -> Path:
     here = Path(__file__).resolve().parent
-    if (here.parent / "manifest.json").exists():  # the generated copy in DIR/feast/
+    if DatasetLayout(here.parent).manifest.exists():  # the generated copy in DIR/feast/
         return here.parent
-    return (here.parent / "runs" / "demo" / "data").resolve()  # feature_repo/ -> the demo
+    return demo_data_dir(here.parent / "runs" / "demo").resolve()  # feature_repo/ -> the demo
 
 
 DATA_DIR = _data_dir()
-if not (DATA_DIR / "manifest.json").exists():
+LAYOUT = DatasetLayout(DATA_DIR)
+if not LAYOUT.manifest.exists():
     raise FileNotFoundError(
         f"no dataset at {DATA_DIR} (no manifest.json): run `scaletot demo` first, or "
         "`scaletot features apply DIR` for your own dataset directory"
     )
-MANIFEST = json.loads((DATA_DIR / "manifest.json").read_text())
-REASONING_DIR = DATA_DIR / "features" / "reasoning_features"
-ENCODER_DIR = Path(os.environ.get("SCALETOT_ENCODER_DIR") or DATA_DIR / "encoder").resolve()
+MANIFEST = json.loads(LAYOUT.manifest.read_text())
+REASONING_DIR = LAYOUT.features.reasoning
+ENCODER_DIR = Path(os.environ.get("SCALETOT_ENCODER_DIR") or LAYOUT.encoder).resolve()
 
 _KIND_TYPES = {"categorical": String, "numeric": Float64, "text": String, "tags": Array(String)}
+_STATE_TYPES = (String, Float64, Array(Float64))  # per state type: value, prob, distribution
 PROFILE_FIELDS: list[tuple[str, str]] = [
     (f["name"], f["kind"]) for f in MANIFEST["profile_schema"]["fields"]
 ]
@@ -60,16 +74,16 @@ user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64,
               description="A user of the app (low-activity users included).")
 
 
-def _source(name: str, table: str, timestamp_field: str, description: str) -> FileSource:
+def _source(name: str, table: Path, timestamp_field: str, description: str) -> FileSource:
     # DuckDB reads a glob of parts; the hidden temporary files of atomic writes never match it.
-    return FileSource(name=name, path=str(DATA_DIR / table / "part-*.parquet"),
+    return FileSource(name=name, path=str(table / PART_GLOB),
                       file_format=ParquetFormat(), timestamp_field=timestamp_field,
                       description=description)
 
 
-profiles_source = _source("profiles_source", "profiles", "event_timestamp",
+profiles_source = _source("profiles_source", LAYOUT.profiles, "event_timestamp",
                           "Sparse static profiles (one snapshot per user).")
-labels_source = _source("labels_source", "labels", "label_timestamp",
+labels_source = _source("labels_source", LAYOUT.labels, "label_timestamp",
                         "LTV labels, stamped when they become known (first_seen + horizon).")
 
 user_profile = FeatureView(
@@ -108,7 +122,7 @@ def _batch_engine() -> str:
     import yaml
 
     path = Path(os.environ.get("FEAST_FS_YAML_FILE_PATH")
-                or Path(__file__).resolve().parent / "feature_store.yaml")
+                or FeastLayout(Path(__file__).resolve().parent).config)
     try:
         engine = (yaml.safe_load(path.read_text()) or {}).get("batch_engine", "local")
     except OSError:
@@ -118,13 +132,11 @@ def _batch_engine() -> str:
 
 def _reasoning_layout() -> tuple[list[str], int] | None:
     """State type names and embedding size, read from the reasoning-features parquet."""
-    parts = sorted(REASONING_DIR.glob("part-*.parquet"))
+    parts = sorted(REASONING_DIR.glob(PART_GLOB))
     if not parts:
         return None
-    schema = pq.read_schema(parts[0])
-    types = [n[: -len("_probs")] for n in schema.names
-             if n.endswith("_probs") and n[: -len("_probs")] in schema.names]
-    first = pq.ParquetFile(parts[0]).read_row_group(0, columns=["embedding"]).column(0)
+    types = state_types(pq.read_schema(parts[0]).names)
+    first = pq.ParquetFile(parts[0]).read_row_group(0, columns=[EMBEDDING]).column(0)
     dim = next((len(v) for v in first.to_pylist() if v is not None), 0)
     return types, dim
 
@@ -147,17 +159,15 @@ if _layout is None:
                   "run the embed stage, then apply again", stacklevel=1)
 else:
     STATE_TYPES, EMBEDDING_DIM = _layout
-    reasoning_source = _source("reasoning_source", "features/reasoning_features",
-                               "event_timestamp",
+    reasoning_source = _source("reasoning_source", REASONING_DIR, "event_timestamp",
                                "Encoder output for every user: embedding + typed states.")
     user_states = FeatureView(
         name="user_states",
         entities=[user],
         ttl=timedelta(0),
         schema=[Field(name="user_id", dtype=Int64)]
-        + [f for t in STATE_TYPES for f in (
-            Field(name=t, dtype=String), Field(name=f"{t}_prob", dtype=Float64),
-            Field(name=f"{t}_probs", dtype=Array(Float64)))]
+        + [Field(name=c, dtype=d) for t in STATE_TYPES
+           for c, d in zip(state_columns(t), _STATE_TYPES)]
         + [Field(name="provenance", dtype=String), Field(name="model_version", dtype=String)],
         source=reasoning_source,
         online=True,
@@ -175,7 +185,7 @@ else:
         entities=[user],
         ttl=timedelta(0),
         schema=[Field(name="user_id", dtype=Int64),
-                Field(name="embedding", dtype=Array(Float32), vector_index=_VECTOR_INDEX,
+                Field(name=EMBEDDING, dtype=Array(Float32), vector_index=_VECTOR_INDEX,
                       vector_length=EMBEDDING_DIM if _VECTOR_INDEX else 0,
                       vector_search_metric="L2" if _VECTOR_INDEX else None,
                       description="reasoning embedding (lookalikes: FAISS over this field)")],
@@ -188,7 +198,7 @@ else:
         name="ltv_with_reasoning", features=[user_profile, user_states, user_embedding],
         description="LTV model inputs (C/D): profile + ScaleToT reasoning features.")
 
-    if not (ENCODER_DIR / "manifest.json").exists():
+    if not encoder_manifest(ENCODER_DIR).exists():
         import warnings
 
         warnings.warn(f"no encoder artifact at {ENCODER_DIR}: the on-demand view reasoning_live "
@@ -204,7 +214,7 @@ else:
                         f"one key per profile field, named {REQUEST_PREFIX}<field>.",
         )
         # The live view's types come from the encoder that computes them.
-        _encoder_manifest = json.loads((ENCODER_DIR / "manifest.json").read_text())
+        _encoder_manifest = json.loads(encoder_manifest(ENCODER_DIR).read_text())
         LIVE_TYPES = [t["name"] for t in _encoder_manifest["taxonomy"]["types"]]
         _udf_text = _udf_source(ENCODER_DIR)
         _ns: dict = {"__name__": "__main__"}  # dill pickles __main__ functions by value
@@ -212,11 +222,9 @@ else:
         reasoning_live = OnDemandFeatureView(
             name="reasoning_live",
             sources=[profile_request],
-            schema=[Field(name="live_embedding", dtype=Array(Float32))]
-            + [f for t in LIVE_TYPES for f in (
-                Field(name=f"live_{t}", dtype=String),
-                Field(name=f"live_{t}_prob", dtype=Float64),
-                Field(name=f"live_{t}_probs", dtype=Array(Float64)))],
+            schema=[Field(name=live_column(EMBEDDING), dtype=Array(Float32))]
+            + [Field(name=live_column(c), dtype=d) for t in LIVE_TYPES
+               for c, d in zip(state_columns(t), _STATE_TYPES)],
             mode="python",
             udf=_ns["reasoning_live"],
             udf_string=_udf_text,

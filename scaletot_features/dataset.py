@@ -410,10 +410,12 @@ def is_probs_column(name: str) -> bool:
 
 
 def state_types(column_names: Iterable[str]) -> list[str]:
-    """The state types a table's columns hold (a value column and its distribution), in order."""
+    """The state types a table's columns hold (a distribution column and its value column), in
+    the order of the distribution columns."""
     names = list(column_names)
     present = set(names)
-    return [n for n in names if not is_probs_column(n) and probs_column(n) in present]
+    cut = len(probs_column(""))
+    return [n[:-cut] for n in names if is_probs_column(n) and n[:-cut] in present]
 
 
 LIVE_PREFIX = "live_"
