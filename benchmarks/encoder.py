@@ -42,6 +42,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from scaletot_features.dataset import ENCODER, DatasetLayout  # noqa: E402
+
 TARGET_USERS_PER_S = 100_000
 
 
@@ -150,7 +152,7 @@ def flops(encoder_dir: Path, data: Path, batch_size: int, threads: int) -> dict[
         matmul = 2 * n ** 3 / best
 
         enc, _ = load_encoder(encoder_dir, device="cpu")
-        batch = next(iter_batches(data / "profiles", batch_size))
+        batch = next(iter_batches(DatasetLayout(data).profiles, batch_size))
         t0 = time.perf_counter()
         feats = enc.featurizer.transform(batch)
         featurise_s = time.perf_counter() - t0
@@ -197,7 +199,7 @@ def build_encoder(data: Path, work: Path, coverage_users: int, targets: Path | N
         chain_targets(data, load_chains(data), backend, targets, s.taxonomy())
         provenance = "teacher chains (tiny random LLM) + its hidden states"
     teach_s = time.perf_counter() - t0
-    summary = distill_encoder(data, s, targets=targets, progress=False, out=work / "encoder")
+    summary = distill_encoder(data, s, targets=targets, progress=False, out=work / ENCODER)
     test = summary["metrics"]["test"]
     return {"targets": str(targets), "targets_made_from": provenance, "targets_seconds": teach_s,
             "distill_seconds": summary["seconds"], "covered_users": summary["users"],
@@ -260,7 +262,7 @@ def _prepare(work: Path, users: int, seed: int, coverage_users: int, targets: Pa
     distillation = build_encoder(data, work, coverage_users, targets)
     cfg = build_settings("demo").encoder
     threads = cfg.embed_threads or torch.get_num_threads()
-    fl = flops(work / "encoder", data, batch_size or cfg.embed_batch_size, threads)
+    fl = flops(work / ENCODER, data, batch_size or cfg.embed_batch_size, threads)
     print(json.dumps({"generate_seconds": generate_s, "distillation": distillation, "flops": fl,
                       "cuda": torch.cuda.is_available(),
                       "batch": {"local": batch_size or cfg.embed_batch_size,
@@ -322,7 +324,7 @@ def main() -> None:
             if engine == "ray" and importlib.util.find_spec("ray") is None:
                 print("ray is not installed: skipping the Ray engine (pip install -e '.[scale]')")
                 continue
-            r = run_engine(engine, work / "data", work / "encoder", work, prep["batch"][engine])
+            r = run_engine(engine, work / "data", work / ENCODER, work, prep["batch"][engine])
             r["flop_per_s"] = r["users_per_s"] * fl["encoder_flops_per_user"]
             r["fraction_of_matmul"] = r["flop_per_s"] / fl["matmul_flop_per_s"]
             engines.append(r)

@@ -33,11 +33,11 @@ from rich.table import Table  # noqa: E402
 
 from scaletot_features.config import build_settings  # noqa: E402
 from scaletot_features.data.io import (  # noqa: E402
-    DatasetLayout,
     read_table,
     write_json_atomic,
     write_parquet_atomic,
 )
+from scaletot_features.dataset import DatasetLayout, users_point  # noqa: E402
 from scaletot_features.encoder import embed_population  # noqa: E402
 from scaletot_features.encoder.embed import data_profile_schema  # noqa: E402
 from scaletot_features.profile import ID_COLUMN  # noqa: E402
@@ -89,7 +89,7 @@ def main() -> None:
 
     frame = training_frame(data_dir, settings, console)
     ids = frame.column(ID_COLUMN).to_numpy()
-    active_name, revenue_name = json.loads((data_dir / "manifest.json").read_text())["label_names"]
+    active_name, revenue_name = json.loads(DatasetLayout(data_dir).manifest.read_text())["label_names"]
     y = {"revenue": frame.column(revenue_name).to_numpy().astype(np.float64),
          "active": frame.column(active_name).to_numpy().astype(np.float64)}
     profiles = frame.select([ID_COLUMN] + schema.names)
@@ -100,19 +100,19 @@ def main() -> None:
     # a perfect teacher's covered users must not be tested on: their states are their labels' cause
     sets = [FeatureSet("A", "A: profile only", None)]
     facts = {}
-    root = data_dir / "bench" / "perfect_teacher"
+    root = DatasetLayout(data_dir).bench("perfect_teacher")
     for n in args.users:
         users = order[:n]
         t0 = time.perf_counter()
-        point = root / f"users-{n:07d}"
-        point.mkdir(parents=True, exist_ok=True)
-        targets = point / "targets.parquet"
+        point = users_point(root, n)
+        point.root.mkdir(parents=True, exist_ok=True)
+        targets = point.targets
         write_parquet_atomic(perfect_targets(data_dir, users, taxonomy), targets)
-        d = distill_encoder(data_dir, settings, targets=targets, out=point / "encoder",
+        d = distill_encoder(data_dir, settings, targets=targets, out=point.encoder,
                             progress=False)
-        embed_population(data_dir, settings, encoder_folder=point / "encoder",
-                         out=point / "features", progress=False)
-        table = read_table(point / "features")
+        embed_population(data_dir, settings, encoder_folder=point.encoder,
+                         out=point.features, progress=False)
+        table = read_table(point.features)
         rows, theirs = align(table, ids)
         sets.append(FeatureSet(f"P@{n}", f"C, perfect teacher @ {n:,} users",
                                reasoning_matrix(table.take(pa.array(theirs)), taxonomy)))

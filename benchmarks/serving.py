@@ -79,6 +79,7 @@ def build_dataset(out: Path, users: int, dim: int, hidden: int) -> None:
     from scaletot_features.config import build_settings
     from scaletot_features.data.io import read_table
     from scaletot_features.data.synthetic import generate_population
+    from scaletot_features.dataset import DatasetLayout
     from scaletot_features.encoder.artifact import save_encoder
     from scaletot_features.encoder.embed import embed_population
     from scaletot_features.encoder.model import Featurizer, NetworkShape, ProfileEncoderNet
@@ -86,11 +87,11 @@ def build_dataset(out: Path, users: int, dim: int, hidden: int) -> None:
     from scaletot_features.taxonomy import DEFAULT_TAXONOMY
 
     generate_population(out, users=users, seed=0, chunk_size=min(users, 50_000), progress=False)
-    featurizer = Featurizer.fit(read_table(out / "profiles"), DEFAULT_PROFILE_SCHEMA)
+    featurizer = Featurizer.fit(read_table(DatasetLayout(out).profiles), DEFAULT_PROFILE_SCHEMA)
     torch.manual_seed(0)
     net = ProfileEncoderNet(NetworkShape.for_featurizer(featurizer, DEFAULT_TAXONOMY, dim=dim,
                                                         hidden=hidden))
-    save_encoder(out / "encoder", net, featurizer, DEFAULT_TAXONOMY)
+    save_encoder(DatasetLayout(out).encoder, net, featurizer, DEFAULT_TAXONOMY)
     embed_population(out, build_settings("demo"), engine="local", progress=False)
 
 
@@ -130,9 +131,10 @@ def wait_http(url: str, proc: Proc, timeout: float = 240) -> None:
 def request_profiles(data_dir: Path, n: int) -> list[dict[str, Any]]:
     """Request-data rows (profile_<field>) built from real profiles."""
     from scaletot_features.data.io import read_table
+    from scaletot_features.dataset import DatasetLayout
     from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA, is_missing
 
-    rows = read_table(data_dir / "profiles").slice(0, n).to_pylist()
+    rows = read_table(DatasetLayout(data_dir).profiles).slice(0, n).to_pylist()
     out = []
     for r in rows:
         row = {}
@@ -307,6 +309,7 @@ def main() -> None:
     from rich.table import Table
 
     from scaletot_features.data.io import write_json_atomic
+    from scaletot_features.dataset import DatasetLayout
     from scaletot_features.store import StoreConfig
     from scaletot_features.store.repo import apply_repo, materialize
 
@@ -358,7 +361,7 @@ def main() -> None:
         if not a.skip_http:
             p1, p2 = free_port(), free_port()
             feast = Proc([FEAST, "serve", "-h", "127.0.0.1", "-p", str(p1), "-w", "1",
-                          "--no-access-log"], data / "feast", work / "feast.log")
+                          "--no-access-log"], DatasetLayout(data).feast.root, work / "feast.log")
             procs.append(feast)
             ours = Proc([sys.executable, "-m", "scaletot_features.store.server", str(data),
                          "--port", str(p2)], data, work / "ours.log")

@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from scaletot_features.config import build_settings  # noqa: E402
 from scaletot_features.data.io import write_json_atomic  # noqa: E402
+from scaletot_features.dataset import student_manifest  # noqa: E402
 
 
 def _maxrss_mb(ru_maxrss: int) -> float:
@@ -150,7 +151,7 @@ def main() -> None:
         if not paths[stage].exists():
             console.print(f"[dim]training {stage} ({args.preset}) ...[/]")
             training[stage] = train_stage(args.data, args.preset, overrides, stage)
-        meta = json.loads((paths[stage] / "student.json").read_text())
+        meta = json.loads(student_manifest(paths[stage]).read_text())
         training[stage] = {**{k: v for k, v in meta.items() if k not in ("log_history", "loss_history")},
                            **{k: v for k, v in training.get(stage, {}).items() if k == "child_peak_rss_mb"}}
         if stage == "osipo":

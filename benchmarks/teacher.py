@@ -27,7 +27,8 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scaletot_features.data.io import DatasetLayout, read_table, write_json_atomic  # noqa: E402
+from scaletot_features.data.io import read_table, write_json_atomic  # noqa: E402
+from scaletot_features.dataset import DatasetLayout  # noqa: E402
 from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA  # noqa: E402
 from scaletot_features.reasoning.coverage import select_coverage  # noqa: E402
 from scaletot_features.reasoning.scoring import NodeScorer  # noqa: E402

@@ -67,7 +67,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from scaletot_features.config import load_settings  # noqa: E402
-from scaletot_features.data.io import DatasetLayout, read_table, write_json_atomic  # noqa: E402
+from scaletot_features.data.io import read_table, write_json_atomic  # noqa: E402
+from scaletot_features.dataset import DatasetLayout, probs_column  # noqa: E402
 from scaletot_features.reasoning.coverage import select_coverage  # noqa: E402
 from scaletot_features.taxonomy import load_taxonomy  # noqa: E402
 
@@ -279,7 +280,7 @@ def teach_settings(field_set: str, spec: TeacherSpec, rows: int, threads: int) -
 
 
 def chains_cover(teach_dir: Path, ids: np.ndarray) -> bool:
-    chains = teach_dir / "teacher" / "chains"
+    chains = DatasetLayout(teach_dir).teacher.chains
     if not chains.exists() or not any(chains.glob("*.parquet")):
         return False
     done = set(read_table(chains, columns=["user_id"]).column("user_id").to_pylist())
@@ -309,16 +310,17 @@ def teach(dataset: Path, data_key: str, field_set: str, spec: TeacherSpec, ids: 
 def teacher_result(teach_dir: Path, ids: np.ndarray, income: pd.Series, tail: pd.Series,
                    cuts: np.ndarray, boot: int, seed: int) -> dict:
     """The teacher's metrics on the test rows it has a chain for."""
-    cols = ["user_id", "spending_power", "spending_power_probs", "scoring_calls",
-            "prompt_tokens", "seconds", "model_id"]
-    ch = read_table(teach_dir / "teacher" / "chains", columns=cols).to_pandas()
+    dist = probs_column("spending_power")
+    cols = ["user_id", "spending_power", dist, "scoring_calls", "prompt_tokens", "seconds",
+            "model_id"]
+    ch = read_table(DatasetLayout(teach_dir).teacher.chains, columns=cols).to_pandas()
     ch = ch[ch["user_id"].isin(ids)].sort_values("user_id").reset_index(drop=True)
-    probs = np.stack(ch["spending_power_probs"].to_numpy()).astype(float)
+    probs = np.stack(ch[dist].to_numpy()).astype(float)
     e = probs[:, 2] - probs[:, 0]
     ev = probs @ np.arange(3)
     y = income.loc[ch["user_id"]].to_numpy()
     argmax = probs.argmax(axis=1)
-    failures = teach_dir / "teacher" / "failures"
+    failures = DatasetLayout(teach_dir).teacher.failures
     return {
         "rows": int(len(ch)), "missing_rows": int(len(ids) - len(ch)),
         "failures": int(read_table(failures).num_rows) if failures.exists()
@@ -545,7 +547,7 @@ def main() -> None:
                                "error": f"scaletot teach exit {e.returncode}"})
                 continue
             timings[f"teach_{field_set}_{spec.name}"] = seconds
-            covered = np.sort(read_table(teach_dir / "teacher" / "coverage.parquet",
+            covered = np.sort(read_table(DatasetLayout(teach_dir).teacher.coverage,
                                          columns=["user_id"]).column("user_id").to_numpy())
             assert np.array_equal(covered, ids), "teach covered other users than the test rows"
             r = teacher_result(teach_dir, ids, income, tail, cuts, args.boot, args.seed)

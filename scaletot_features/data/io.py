@@ -21,10 +21,6 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from scaletot_features.dataset import part_file
-# moved to dataset.py; importable from here until every stage imports them from there
-from scaletot_features.dataset import (  # noqa: F401
-    EVENTS_SCHEMA, SCHEMA_VERSION, DatasetLayout, run_summary_path,
-)
 
 
 def _tmp_sibling(path: Path) -> Path:
