@@ -9,6 +9,7 @@ definitions and the benchmarks ask it for a path or a schema instead of spelling
       validation/<suite>.json   Great Expectations results
       teacher/                  coverage.parquet, chains/, failures/, coverage_drift.json,
                                 audit.json
+                                calibration_cost.json
       student/                  split.parquet, sft/ and osipo/ (model folders with student.json),
                                 chains/, chains_summary.json
       encoder/                  the encoder artifact: model.safetensors + manifest.json
@@ -127,6 +128,11 @@ class TeacherLayout:
     @property
     def audit(self) -> Path:
         return self.root / "audit.json"
+
+    @property
+    def calibration(self) -> Path:
+        """What the per-taxonomy calibration cost, summed over runs (not part of any user's cost)."""
+        return self.root / "calibration_cost.json"
 
 
 STUDENT_MODELS = ("sft", "osipo")

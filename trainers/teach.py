@@ -188,7 +188,10 @@ def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, tax
                  progress: bool) -> tuple[int, int]:
     """Teach ``todo_ids`` in checkpointed parts; returns (chains written, users failed)."""
     scorer = NodeScorer(backend, taxonomy, tc.scoring, tc.calibration)
+    before, t_prime = backend.usage.snapshot(), time.perf_counter()
     scorer.prime(calibration_sample(data_dir, schema, tc.calibration_sample, tc.profile_style))
+    _add_calibration_cost(out.calibration, time.perf_counter() - t_prime,
+                          backend.usage.snapshot() - before)
     rows = _profile_rows(data_dir, pa.array(todo_ids, pa.int64()))
     out_schema = chain_schema(taxonomy)
     next_part = len(parquet_files(out.chains)) if out.chains.exists() else 0
@@ -263,6 +266,17 @@ def _teach_part(rows: list[dict], schema: ProfileSchema, scorer: NodeScorer,
     return good, bad
 
 
+def _add_calibration_cost(path: Path, seconds: float, used) -> None:
+    """Calibration runs once per run, before any user: its cost is kept apart, summed over runs."""
+    cost = read_json(path) if path.exists() else {"runs": 0, "seconds": 0.0, "scoring_calls": 0,
+                                                  "prompt_tokens": 0}
+    cost["runs"] += 1
+    cost["seconds"] += seconds
+    cost["scoring_calls"] += used.scoring_calls
+    cost["prompt_tokens"] += used.prompt_tokens
+    write_json_atomic(cost, path)
+
+
 def load_chains(data_dir: Path) -> pa.Table:
     return read_table(teacher_layout(data_dir).chains)
 
@@ -278,4 +292,6 @@ def teach_report(data_dir: Path) -> dict:
             report[f"mean_{c}"] = float(pc.mean(chains.column(c)).as_py())
     if out.drift.exists():
         report["coverage_drift_success"] = read_json(out.drift).get("success")
+    if out.calibration.exists():
+        report["calibration_seconds"] = read_json(out.calibration)["seconds"]
     return report
