@@ -75,8 +75,10 @@ from scaletot_features.taxonomy import load_taxonomy  # noqa: E402
 LOANS = REPO / "benchmarks" / "loans"
 FIELD_SETS = {"title": ["emp_title"], "full": ["emp_title", "emp_length", "homeownership", "state"]}
 CATEGORICAL = ["homeownership", "state"]
-VALUES = list(load_taxonomy(LOANS / "taxonomy.yaml").by_name["spending_power"].values)
-assert VALUES == ["low", "medium", "high"], VALUES  # = the order of spending_power_probs
+# The teacher's taxonomy (--taxonomy): one ordered type, spending_power, lowest value first; the
+# default has the three values of the default taxonomy (the order of spending_power_probs).
+TAXONOMY = LOANS / "taxonomy.yaml"
+VALUES = list(load_taxonomy(TAXONOMY).by_name["spending_power"].values)
 CALIBRATIONS = {"none", "content_free", "batch"}
 STYLES = {"lines", "sentences"}
 T0 = "2026-01-01T00:00:00"
@@ -90,6 +92,8 @@ def log(msg: str) -> None:
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=400, help="covered users = the fixed test sample")
+    ap.add_argument("--taxonomy", type=Path, default=TAXONOMY,
+                    help="the teacher's one-type taxonomy (spending_power, lowest value first)")
     ap.add_argument("--fields", nargs="+", choices=list(FIELD_SETS), default=list(FIELD_SETS))
     ap.add_argument("--configs", nargs="+",
                     default=["packaged:calibrated", "packaged:chat", "packaged:factored"],
@@ -269,7 +273,7 @@ class TeacherSpec:
 def teach_settings(field_set: str, spec: TeacherSpec, rows: int, threads: int) -> dict:
     """The field set's YAML with this run's teacher and coverage size (absolute paths)."""
     raw = yaml.safe_load((LOANS / f"{field_set}.yaml").read_text())
-    raw["taxonomy_path"] = str(REPO / raw["taxonomy_path"])
+    raw["taxonomy_path"] = str(TAXONOMY.resolve())
     raw["coverage"]["max_users"] = rows
     raw["teacher"].update(model=spec.model, scoring=spec.scoring, torch_threads=threads)
     if spec.calibration is not None:
@@ -292,7 +296,7 @@ def teach(dataset: Path, data_key: str, field_set: str, spec: TeacherSpec, ids: 
     """`scaletot teach` in its own copy of the dataset (one teacher config per directory)."""
     cfg = teach_settings(field_set, spec, len(ids), threads)
     key = digest(data_key, json.dumps(cfg, sort_keys=True),
-                 (LOANS / "taxonomy.yaml").read_bytes())
+                 TAXONOMY.read_bytes())
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", spec.name).strip("-")
     teach_dir = work / field_set / "teach" / f"{slug}-n{len(ids)}-{key}"
     if chains_cover(teach_dir, ids):
@@ -321,8 +325,9 @@ def teacher_result(teach_dir: Path, ids: np.ndarray, income: pd.Series, tail: pd
     ch = read_table(DatasetLayout(teach_dir).teacher.chains, columns=cols).to_pandas()
     ch = ch[ch["user_id"].isin(ids)].sort_values("user_id").reset_index(drop=True)
     probs = np.stack(ch[dist].to_numpy()).astype(float)
-    e = probs[:, 2] - probs[:, 0]
-    ev = probs @ np.arange(3)
+    k = probs.shape[1]
+    e = probs @ np.linspace(-1.0, 1.0, k)  # = p(high) - p(low) for three values
+    ev = probs @ np.arange(k)
     y = income.loc[ch["user_id"]].to_numpy()
     argmax = probs.argmax(axis=1)
     failures = DatasetLayout(teach_dir).teacher.failures
@@ -331,8 +336,10 @@ def teacher_result(teach_dir: Path, ids: np.ndarray, income: pd.Series, tail: pd
         "failures": int(read_table(failures).num_rows) if failures.exists()
         and any(failures.glob("*.parquet")) else 0,
         "model_id": sorted(set(ch["model_id"])),
-        "metrics": score(e, argmax, y, cuts, tail.loc[ch["user_id"]].to_numpy(), boot, seed),
-        "sum_i_p_i_equals_1_plus_e": bool(np.allclose(ev, 1 + e)),
+        # tertile of the argmax: the value itself for three values, else its third of the scale
+        "metrics": score(e, (argmax * 3) // k, y, cuts, tail.loc[ch["user_id"]].to_numpy(),
+                         boot, seed),
+        "sum_i_p_i_is_affine_in_e": bool(np.allclose(ev, (k - 1) / 2 * (1 + e))),
         "argmax_counts": {v: int((argmax == i).sum()) for i, v in enumerate(VALUES)},
         "argmax_matches_chain_value": float(np.mean(
             np.asarray(VALUES)[argmax] == ch["spending_power"].to_numpy())),
@@ -511,6 +518,9 @@ def print_table(result: dict) -> None:
 
 def main() -> None:
     args = parse_args()
+    global TAXONOMY, VALUES
+    TAXONOMY = args.taxonomy.resolve()
+    VALUES = list(load_taxonomy(TAXONOMY).by_name["spending_power"].values)
     specs = [TeacherSpec.parse(c) for c in args.configs]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     args.work.mkdir(parents=True, exist_ok=True)
