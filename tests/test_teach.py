@@ -133,3 +133,23 @@ def test_a_user_that_fails_is_recorded_and_the_run_goes_on(population_copy, tiny
     # A rerun does not retry recorded failures silently nor duplicate anyone.
     again = teach(population_copy, s, progress=False)
     assert again.written == 0
+
+
+def test_a_model_without_a_chat_template_is_refused_before_loading(population_copy, monkeypatch):
+    import trainers.teach as teach_mod
+
+    s = _settings(scoring="chat")
+    monkeypatch.setattr(teach_mod, "make_backend", lambda _s: pytest.fail("model was loaded"))
+    from transformers import AutoTokenizer
+
+    real = AutoTokenizer.from_pretrained
+
+    def no_template(*a, **k):
+        tok = real(*a, **k)
+        tok.chat_template = None
+        return tok
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", no_template)
+    with pytest.raises(ValueError, match="chat template"):
+        teach(population_copy, s, progress=False)
+    assert not teacher_layout(population_copy).coverage.exists()  # nothing written

@@ -130,6 +130,21 @@ def calibration_sample(data_dir: Path, schema: ProfileSchema, size: int,
     return [schema.to_text(r, style) for r in _profile_rows(data_dir, pa.array(picked, pa.int64()))]
 
 
+def check_teacher_model(settings: Settings) -> None:
+    """Refuse, before any model is loaded (up to minutes), a model that is not installed or a
+    scoring mode its tokenizer cannot serve (chat and factored need a chat template)."""
+    from scaletot_features.llm.packaged import resolve_model
+
+    t = settings.teacher
+    path = resolve_model(t.model)  # not installed: FileNotFoundError with the install command
+    if t.scoring in ("chat", "factored"):
+        from transformers import AutoTokenizer
+
+        if not getattr(AutoTokenizer.from_pretrained(str(path)), "chat_template", None):
+            raise ValueError(f"teacher.scoring: {t.scoring!r} needs a chat template, and "
+                             f"teacher.model {t.model!r} has none; use calibrated or channel")
+
+
 def make_backend(settings: Settings) -> LLMBackend:
     t = settings.teacher
     if t.backend == "vllm":
@@ -166,6 +181,8 @@ def teach(
     cfg = SearchConfig(strategy=tc.search, tau=tc.tau, width=tc.width,
                        max_expansions=tc.max_expansions)
     cfg.check(taxonomy)
+    if backend is None:
+        check_teacher_model(settings)
     out = teacher_layout(data_dir)
     selected = select_and_check_coverage(data_dir, settings)
     done = _done_user_ids(out.chains, out.failures)
