@@ -1,8 +1,8 @@
 """The ``scaletot`` command line: one command per pipeline stage, in pipeline order.
 
-This is the only module of the library that imports ``trainers/`` and ``validation/``. Every
-command exits 0 on success, 1 when a gate fails, 2 on bad input or configuration, with a message
-that names the file, key or column at fault.
+With ``demo.py`` beside it, this is the CLI layer: the only part of the library that imports
+``trainers/`` and ``validation/``. Every command exits 0 on success, 1 when a gate fails, 2 on
+bad input or configuration, with a message that names the file, key or column at fault.
 """
 
 from __future__ import annotations
@@ -360,7 +360,7 @@ def demo(
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Where the run lives."),
 ) -> None:
     """Run the pipeline end to end on the preset (what `make demo` runs)."""
-    from scaletot_features.pipeline import run_demo
+    from scaletot_features.cli.demo import run_demo
 
     s = _settings(config, preset)
     if out_dir is not None:
@@ -373,5 +373,5 @@ def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 
 
-if __name__ == "__main__":  # python -m scaletot_features.cli
-    main()
+if __name__ == "__main__":  # python -m scaletot_features.cli.app; ``-m scaletot_features.cli``
+    main()                  # runs cli/__main__.py

@@ -1,7 +1,8 @@
 """The demo: every stage in pipeline order, each skipped when its output is already there.
 
 It is a plain function over the stage functions, not a framework: read it top to bottom to see
-what the pipeline does. It ends with the LTV comparison table and the report's path.
+what the pipeline does. It ends with the LTV comparison table and the report's path. It belongs to
+the CLI layer (it runs the stages in ``trainers/`` and the gates in ``validation/``).
 """
 
 from __future__ import annotations
