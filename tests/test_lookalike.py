@@ -84,7 +84,7 @@ def data_dir(tmp_path_factory):
 
     d = build_feature_dataset(tmp_path_factory.mktemp("lookalike") / "data")
     apply_repo(d)
-    materialize(d, gate=False)
+    materialize(d)
     return d
 
 
@@ -132,7 +132,7 @@ def test_index_is_cached_and_rebuilt_when_features_change(data_dir, tmp_path):
     assert meta.stat().st_mtime_ns == stamp  # loaded, not rebuilt
     d = copy_dataset(data_dir, tmp_path / "data")
     apply_repo(d)
-    materialize(d, gate=False)
+    materialize(d)
     part = sorted((d / "features" / "reasoning_features").glob("part-*.parquet"))[-1]
     part.touch()
     fresh = load_or_build_index(d)
@@ -238,7 +238,7 @@ def test_pgvector_lookalikes_match_faiss(data_dir):
                           postgres=PostgresConfig(port=port, user="feast", database="feast"))
         repo = data_dir / "feast_pg"
         apply_repo(data_dir, store=cfg, repo_dir=repo)
-        materialize(data_dir, store=cfg, repo_dir=repo, gate=False)
+        materialize(data_dir, store=cfg, repo_dir=repo)
         got = lookalikes(data_dir, 7, k=5, store=cfg, repo_dir=repo)
         want = lookalikes(data_dir, 7, k=5)
         assert list(got["user_id"]) == list(want["user_id"])

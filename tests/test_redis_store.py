@@ -88,7 +88,7 @@ def stores(tmp_path_factory, redis_port):
 
     d = build_feature_dataset(tmp_path_factory.mktemp("redis-data") / "data")
     apply_repo(d)
-    materialize(d, gate=False)
+    materialize(d)
     cfg = StoreConfig(online_store="redis", redis_connection=f"127.0.0.1:{redis_port}")
     redis_repo = d / "feast_redis"
     apply_repo(d, store=cfg, repo_dir=redis_repo)
@@ -139,7 +139,7 @@ def test_incremental_materialization_into_redis(stores, redis_port):
 
     _, _, d, _ = stores
     cfg = StoreConfig(online_store="redis", redis_connection=f"127.0.0.1:{redis_port}")
-    report = materialize(d, store=cfg, repo_dir=d / "feast_redis", gate=False)
+    report = materialize(d, store=cfg, repo_dir=d / "feast_redis")
     assert report["rows"] == 0
 
 
@@ -153,7 +153,7 @@ def test_unreachable_redis_is_a_clear_error(stores, tmp_path):
     try:
         with pytest.raises(Exception, match="(?i)connect|refused"):
             apply_repo(d, store=cfg, repo_dir=repo)
-            materialize(d, store=cfg, repo_dir=repo, gate=False)
+            materialize(d, store=cfg, repo_dir=repo)
     finally:
         shutil.rmtree(repo, ignore_errors=True)
     assert Path(d / "feast_redis" / "feature_store.yaml").exists()

@@ -286,8 +286,11 @@ def features_materialize(
 ) -> None:
     """Gate the reasoning features (Great Expectations), then load them into the online store."""
     from scaletot_features.store.repo import materialize
+    from validation.gate import reasoning_gate
 
-    report = _store_call(materialize, data_dir, _settings(config, preset))
+    s = _settings(config, preset)
+    report = _store_call(materialize, data_dir, s,
+                         gate=reasoning_gate if s.store.gate else None)
     console.print(f"materialized {report['rows']:,} rows into {report['online_store']} "
                   f"({report['rows_per_s']:,.0f} rows/s)")
 

@@ -90,13 +90,15 @@ def run_demo(settings: Settings, console: Console) -> int:
         console.print(f"embed: {report['users']:,} users ({report['users_per_s']:,.0f} users/s)")
 
     from scaletot_features.store.repo import apply_repo, materialize
+    from validation.gate import reasoning_gate
 
     online = layout.feast.online_store
     if is_current(online, features):
         console.print("[dim]features: online store is current, skipped[/]")
     else:
         repo = apply_repo(layout.root, settings)
-        report = materialize(layout.root, settings)
+        report = materialize(layout.root, settings,
+                             gate=reasoning_gate if settings.store.gate else None)
         console.print(f"features: applied {repo}, materialized {report['rows']:,} rows "
                       f"into {report['online_store']}")
 

@@ -48,7 +48,8 @@ class StoreConfig(BaseModel):
     ray_tmpdir: str | None = Field(None, description="local Ray's session folder (default: "
                                    "<tmp>/scaletot-ray-<uid>)")
     ray_object_store_mb: int = Field(512, ge=64, description="local Ray's object store")
-    gate: bool = Field(True, description="run the reasoning-feature suite before materializing")
+    gate: bool = Field(True, description="the CLI and the demo gate materialize with the "
+                       "reasoning-feature suite")
     lookalike_backend: Literal["faiss", "pgvector"] = "faiss"
     exact_max_users: int = Field(100_000, ge=1, description="exact IndexFlat up to this size")
     hnsw_m: int = Field(32, ge=4)
