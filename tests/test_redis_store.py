@@ -85,6 +85,7 @@ def stores(tmp_path_factory, redis_port):
     """(SQLite store, Redis store, data dir, Redis materialize report) over one dataset."""
     from scaletot_features.store import StoreConfig
     from scaletot_features.store.repo import apply_repo, get_store, materialize
+    from validation.gate import reasoning_gate
 
     d = build_feature_dataset(tmp_path_factory.mktemp("redis-data") / "data")
     apply_repo(d)
@@ -92,7 +93,7 @@ def stores(tmp_path_factory, redis_port):
     cfg = StoreConfig(online_store="redis", redis_connection=f"127.0.0.1:{redis_port}")
     redis_repo = d / "feast_redis"
     apply_repo(d, store=cfg, repo_dir=redis_repo)
-    report = materialize(d, store=cfg, repo_dir=redis_repo)
+    report = materialize(d, store=cfg, repo_dir=redis_repo, gate=reasoning_gate)
     return get_store(d), get_store(d, redis_repo), d, report
 
 
