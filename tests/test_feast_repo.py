@@ -377,7 +377,7 @@ def test_feature_repo_cli_apply_and_materialize_incremental(data_dir, tmp_path):
 @pytest.mark.slow  # about 20 s: local Ray start-up on 2 cores
 def test_ray_compute_engine_materializes_the_same_values(data_dir, store, tmp_path):
     pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[scale]')")
-    from scaletot_features.store import StoreConfig
+    from scaletot_features.config import StoreConfig
     from scaletot_features.store.repo import apply_repo, get_store, materialize
 
     # Ray's socket paths must stay under 107 bytes: a short folder, not pytest's tmp_path

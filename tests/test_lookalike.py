@@ -140,7 +140,7 @@ def test_index_is_cached_and_rebuilt_when_features_change(data_dir, tmp_path):
 
 
 def test_hnsw_by_configuration(data_dir, table):
-    from scaletot_features.store import StoreConfig
+    from scaletot_features.config import StoreConfig
     from scaletot_features.store.lookalike import load_or_build_index, lookalikes
 
     cfg = StoreConfig(exact_max_users=500, recall_queries=200)
@@ -153,7 +153,7 @@ def test_hnsw_by_configuration(data_dir, table):
 
 
 def test_bad_lookalike_requests(data_dir):
-    from scaletot_features.store import StoreConfig
+    from scaletot_features.config import StoreConfig
     from scaletot_features.store.lookalike import lookalikes
     from scaletot_features.store.repo import StoreError
 
@@ -171,11 +171,11 @@ def test_bad_lookalike_requests(data_dir):
 
 
 def test_pgvector_configuration_renders_a_vector_enabled_postgres_store():
-    from scaletot_features.store import PostgresConfig, StoreConfig
+    from scaletot_features.config import PostgresOnlineStoreConfig, StoreConfig
     from scaletot_features.store.repo import render_config
 
-    cfg = StoreConfig(online_store="postgres", lookalike_backend="pgvector",
-                      postgres=PostgresConfig(host="127.0.0.1", port=5433, database="feast"))
+    cfg = StoreConfig(lookalike_backend="pgvector", online_store=PostgresOnlineStoreConfig(
+        host="127.0.0.1", port=5433, database="feast"))
     online = render_config(cfg)["online_store"]
     assert online["type"] == "postgres" and online["vector_enabled"] is True
     assert online["password"] == "${SCALETOT_PG_PASSWORD}"  # never the secret itself
@@ -212,7 +212,7 @@ def test_pgvector_lookalikes_match_faiss(data_dir):
     import tempfile
     from pathlib import Path
 
-    from scaletot_features.store import PostgresConfig, StoreConfig
+    from scaletot_features.config import PostgresOnlineStoreConfig, StoreConfig
     from scaletot_features.store.lookalike import lookalikes
     from scaletot_features.store.repo import apply_repo, materialize
 
@@ -234,8 +234,8 @@ def test_pgvector_lookalikes_match_faiss(data_dir):
         subprocess.run(psql + ["-d", "postgres", "-c", "CREATE DATABASE feast"], check=True)
         subprocess.run(psql + ["-d", "feast", "-c", "CREATE EXTENSION vector"], check=True)
         os.environ.setdefault("SCALETOT_PG_PASSWORD", "unused-with-trust-auth")
-        cfg = StoreConfig(online_store="postgres", lookalike_backend="pgvector",
-                          postgres=PostgresConfig(port=port, user="feast", database="feast"))
+        cfg = StoreConfig(lookalike_backend="pgvector", online_store=PostgresOnlineStoreConfig(
+            port=port, user="feast", database="feast"))
         repo = data_dir / "feast_pg"
         apply_repo(data_dir, store=cfg, repo_dir=repo)
         materialize(data_dir, store=cfg, repo_dir=repo)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
 
 import yaml
 
+from scaletot_features.config import StoreConfig, store_config
 from scaletot_features.data.io import read_table, write_parquet_atomic
 from scaletot_features.dataset import (
     FEAST_DEFINITIONS,
@@ -39,7 +40,6 @@ from scaletot_features.dataset import (
     FeastLayout,
 )
 from scaletot_features.profile import is_missing
-from scaletot_features.store import StoreConfig, store_config
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -106,12 +106,13 @@ def repo_path(data_dir: Path | str, repo_dir: Path | str | None = None) -> Path:
 def render_config(cfg: StoreConfig) -> dict[str, Any]:
     """The ``feature_store.yaml`` content for a store configuration."""
     online: dict[str, Any]
-    if cfg.online_store == "sqlite":
+    backend = cfg.online_store
+    if backend.type == "sqlite":
         online = {"type": "sqlite", "path": ONLINE_STORE_FILE}
-    elif cfg.online_store == "redis":
-        online = {"type": "redis", "connection_string": cfg.redis_connection}
+    elif backend.type == "redis":
+        online = {"type": "redis", "connection_string": backend.connection_string}
     else:
-        pg = cfg.postgres
+        pg = backend
         online = {"type": "postgres", "host": pg.host, "port": pg.port, "database": pg.database,
                   "db_schema": pg.db_schema, "user": pg.user,
                   "password": "${" + pg.password_env + "}", "sslmode": pg.sslmode,
@@ -300,13 +301,14 @@ def materialize(data_dir: Path | str, settings: "Settings | None" = None,
     cfg = store_config(settings, store)
     data_dir = Path(data_dir).resolve()
     repo = repo_path(data_dir, repo_dir)
-    if not FeastLayout(repo).registry.exists() and cfg.online_store != "postgres":
+    if not FeastLayout(repo).registry.exists() and cfg.online_store.type != "postgres":
         apply_repo(data_dir, settings, store=cfg, repo_dir=repo)
     end = end or datetime.now(timezone.utc)
     if end.tzinfo is None:
         end = end.replace(tzinfo=timezone.utc)
     report: dict[str, Any] = {"repo": str(repo), "end": end.isoformat(),
-                              "online_store": cfg.online_store, "batch_engine": cfg.batch_engine}
+                              "online_store": cfg.online_store.type,
+                              "batch_engine": cfg.batch_engine}
     table_dir = DatasetLayout(data_dir).features.reasoning
     if gate is not None and table_dir.exists():
         if not any(table_dir.glob(PART_GLOB)):
