@@ -82,7 +82,7 @@ def build_dataset(out: Path, users: int, dim: int, hidden: int) -> None:
     from scaletot_features.dataset import DatasetLayout
     from scaletot_features.encoder.artifact import save_encoder
     from scaletot_features.encoder.embed import embed_population
-    from scaletot_features.encoder.model import Featurizer, NetworkShape, ProfileEncoderNet
+    from scaletot_features.encoder import Featurizer, NetworkShape, ProfileEncoderNet
     from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA
     from scaletot_features.taxonomy import DEFAULT_TAXONOMY
 

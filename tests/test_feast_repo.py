@@ -41,7 +41,7 @@ def build_feature_dataset(out: Path, users: int = USERS, dim: int = DIM, seed: i
     from scaletot_features.data.synthetic import generate_population
     from scaletot_features.encoder.artifact import save_encoder
     from scaletot_features.encoder.embed import embed_population
-    from scaletot_features.encoder.model import Featurizer, NetworkShape, ProfileEncoderNet
+    from scaletot_features.encoder import Featurizer, NetworkShape, ProfileEncoderNet
     from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA
     from scaletot_features.taxonomy import DEFAULT_TAXONOMY
 
@@ -413,12 +413,8 @@ def test_small_batch_featurizer_matches_the_batch_featurizer(data_dir):
     import torch
 
     from scaletot_features.data.io import read_table
-    from scaletot_features.store.transforms import (
-        FastFeaturizer,
-        coerce_column,
-        get_encoder,
-        predict_rows,
-    )
+    from scaletot_features.encoder.featurizer import FastFeaturizer
+    from scaletot_features.store.transforms import coerce_column, get_encoder, predict_rows
 
     enc = get_encoder(data_dir / "encoder")
     schema = enc.featurizer.schema
