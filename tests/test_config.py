@@ -67,7 +67,8 @@ def test_online_store_is_one_class_per_backend_chosen_by_type(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("store:\n  online_store: {type: redis, connection_string: '10.0.0.2:6380'}\n")
     online = load_settings(p).store.online_store
-    assert isinstance(online, RedisOnlineStoreConfig) and online.connection_string == "10.0.0.2:6380"
+    assert isinstance(online, RedisOnlineStoreConfig)
+    assert online.connection_string == "10.0.0.2:6380"
     p.write_text("store:\n  online_store: {type: postgres, port: 5433}\n")
     online = load_settings(p).store.online_store
     assert isinstance(online, PostgresOnlineStoreConfig)

@@ -3,8 +3,9 @@
 ``validate_dataset`` is the gate after ``generate`` / ``ingest``: it checks a dataset directory's
 profiles and labels, writes ``DIR/validation/<suite>.json`` and returns the results; the CLI
 exits non-zero when one failed, printing ``format_failures``. ``reasoning_gate`` is the gate
-before ``materialize``, which the CLI hands to it (the library never imports this package). Suites run in one in-memory
-(ephemeral) GE context per process, with progress bars off; nothing is written to a GE project.
+before ``materialize``, which the CLI hands to it (the library never imports this package).
+Suites run in one in-memory (ephemeral) GE context per process, with progress bars off; nothing
+is written to a GE project.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ and so do the functions here. Registry and online store live inside it (relative
 dataset directory can move).
 
 Functions for the CLI (signatures in docs/feast.md): :func:`apply_repo`, :func:`materialize`
-(with the gate it is given: the CLI passes the reasoning-feature suite), :func:`historical_features` (point-in-time
-correct, written atomically), :func:`online_features`; lookalikes are in ``lookalike.py``.
+(with the gate it is given: the CLI passes the reasoning-feature suite),
+:func:`historical_features` (point-in-time correct, written atomically), :func:`online_features`;
+lookalikes are in ``lookalike.py``.
 Feast is imported inside the functions: it costs about 8 s (it imports torch).
 """
 
@@ -294,9 +295,9 @@ def materialize(data_dir: Path | str, settings: "Settings | None" = None,
     ``gate`` (e.g. ``validation.gate.reasoning_gate``, which the CLI passes unless
     ``store.gate`` is false) runs first on DIR's reasoning features: a failure raises
     :class:`GateFailedError` naming the failing expectations, and nothing is written; None
-    materializes ungated. A view never materialized is loaded from the beginning of time (Feast's own
-    ``materialize-incremental`` would start one year back for views without a TTL); later runs
-    are incremental. Returns what was done: views, rows in the window, seconds, rows/s.
+    materializes ungated. A view never materialized is loaded from the beginning of time
+    (Feast's own ``materialize-incremental`` would start one year back for views without a TTL);
+    later runs are incremental. Returns what was done: views, rows in the window, seconds, rows/s.
     """
     cfg = store_config(settings, store)
     data_dir = Path(data_dir).resolve()
