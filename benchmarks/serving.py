@@ -82,7 +82,7 @@ def build_dataset(out: Path, users: int, dim: int, hidden: int) -> None:
     from scaletot_features.dataset import DatasetLayout
     from scaletot_features.encoder.artifact import save_encoder
     from scaletot_features.encoder.embed import embed_population
-    from scaletot_features.encoder.model import Featurizer, NetworkShape, ProfileEncoderNet
+    from scaletot_features.encoder import Featurizer, NetworkShape, ProfileEncoderNet
     from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA
     from scaletot_features.taxonomy import DEFAULT_TAXONOMY
 
@@ -312,6 +312,7 @@ def main() -> None:
     from scaletot_features.dataset import DatasetLayout
     from scaletot_features.store import StoreConfig
     from scaletot_features.store.repo import apply_repo, materialize
+    from validation.gate import reasoning_gate
 
     console = Console()
     work = Path(tempfile.mkdtemp(prefix="scaletot-serving-"))
@@ -337,7 +338,7 @@ def main() -> None:
             result["dataset"] = {"path": str(data), "encoder": "the dataset's own"}
         console.print(f"dataset: {data}")
         apply_repo(data)
-        rep = materialize(data, gate=True)
+        rep = materialize(data, gate=reasoning_gate)
         result["materialize_sqlite"] = {k: rep[k] for k in ("rows", "seconds", "rows_per_s")}
         console.print(f"materialize sqlite: {rep['rows_per_s']} rows/s")
 
@@ -345,7 +346,7 @@ def main() -> None:
         if redis_proc is not None:
             cfg = StoreConfig(online_store="redis", redis_connection=f"127.0.0.1:{port}")
             apply_repo(data, store=cfg, repo_dir=data / "feast_redis")
-            rep = materialize(data, store=cfg, repo_dir=data / "feast_redis", gate=False)
+            rep = materialize(data, store=cfg, repo_dir=data / "feast_redis")
             result["materialize_redis"] = {k: rep[k] for k in ("rows", "seconds", "rows_per_s")}
             console.print(f"materialize redis: {rep['rows_per_s']} rows/s")
         else:

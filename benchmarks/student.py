@@ -64,7 +64,8 @@ def train_stage(data: Path, preset: str, overrides: dict, stage: str) -> dict:
 
 def evaluate(name: str, backend, texts: dict[int, str], teacher: dict[int, dict], labels: dict[int, dict],
              taxonomy, buckets, free_sample: int, batch_size: int) -> dict:
-    from scaletot_features.reasoning.student import infer_table, outcome_reward
+    from scaletot_features.reasoning.student import infer_table
+    from trainers.osipo_reward import outcome_reward
 
     t0 = time.perf_counter()
     table = infer_table(backend, texts, taxonomy, "constrained", batch_size, model_id=name)
@@ -135,7 +136,8 @@ def main() -> None:
     from rich.table import Table
 
     from scaletot_features.llm.hf import TransformersBackend
-    from scaletot_features.reasoning.student import outcome_reward, profile_texts, student_model_id
+    from scaletot_features.reasoning.student import profile_texts, student_model_id
+    from trainers.osipo_reward import outcome_reward
     from trainers.sft import split_user_ids
     from scaletot_features.runtime import torch_threads
     from trainers.student_stage import osipo_config, outcome_rows, student_paths

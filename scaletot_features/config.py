@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from scaletot_features.store import StoreConfig
 from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA, ProfileField, ProfileSchema
 from scaletot_features.taxonomy import DEFAULT_TAXONOMY, Taxonomy, load_taxonomy
 
@@ -186,6 +185,104 @@ class LTVConfig(_Section):
     oracle: bool = Field(True, description="add the latent-truth reference row when the data "
                          "has DIR/latent (synthetic data only; not a method)")
     torch_threads: int | None = Field(1, ge=1, description="torch threads for the small LTV nets")
+
+
+class SqliteOnlineStoreConfig(_Section):
+    """Feast's ``sqlite`` online store: one file inside the dataset's Feast repository."""
+
+    type: Literal["sqlite"] = "sqlite"
+
+
+class RedisOnlineStoreConfig(_Section):
+    """Feast's ``redis`` online store (``pip install -e '.[redis]'``): production serving."""
+
+    type: Literal["redis"] = "redis"
+    connection_string: str = Field("127.0.0.1:6379", description="host:port[,db=N,password=...]")
+
+
+class PostgresOnlineStoreConfig(_Section):
+    """A PostgreSQL server with the pgvector extension (Feast's ``postgres`` online store)."""
+
+    type: Literal["postgres"] = "postgres"
+    host: str = "127.0.0.1"
+    port: int = Field(5432, ge=1, le=65535)
+    database: str = "feast"
+    user: str = "feast"
+    password_env: str = Field("SCALETOT_PG_PASSWORD",
+                              description="environment variable holding the password")
+    db_schema: str = "public"
+    sslmode: str = "disable"
+
+
+OnlineStoreConfig = Annotated[
+    Union[SqliteOnlineStoreConfig, RedisOnlineStoreConfig, PostgresOnlineStoreConfig],
+    Field(discriminator="type"),
+]
+"""One class per online-store backend, chosen by ``type`` as in Feast's ``feature_store.yaml``."""
+
+
+class StoreConfig(_Section):
+    """Where and how Feast stores and serves the features (DESIGN.md 4.8, 4.11).
+
+    The defaults are the one-machine set-up: DuckDB offline, SQLite online, local materialization,
+    FAISS lookalikes. ``online_store: {type: redis, connection_string: ...}`` and
+    ``batch_engine: ray`` are the production and scale-out choices; ``lookalike_backend:
+    pgvector`` uses Feast's own vector search on a Postgres online store.
+
+    The flat form of earlier versions is still read: ``online_store: redis`` (a bare type name)
+    with ``redis_connection: host:port`` or a ``postgres: {...}`` section beside it; those keys
+    fill in the chosen backend and are ignored for the others (as they were).
+    """
+
+    project: str = Field("scaletot", pattern=r"^[A-Za-z0-9][A-Za-z0-9_]*$")
+    online_store: OnlineStoreConfig = Field(default_factory=SqliteOnlineStoreConfig)
+    batch_engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = Field(None, description="None = a local Ray started in-process")
+    ray_tmpdir: str | None = Field(None, description="local Ray's session folder (default: "
+                                   "<tmp>/scaletot-ray-<uid>)")
+    ray_object_store_mb: int = Field(512, ge=64, description="local Ray's object store")
+    gate: bool = Field(True, description="the CLI and the demo gate materialize with the "
+                       "reasoning-feature suite")
+    lookalike_backend: Literal["faiss", "pgvector"] = "faiss"
+    exact_max_users: int = Field(100_000, ge=1, description="exact IndexFlat up to this size")
+    hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_construction: int = Field(200, ge=8)
+    hnsw_ef_search: int = Field(256, ge=8)
+    recall_queries: int = Field(1_000, ge=10, description="queries for HNSW recall vs exact")
+    host: str = "127.0.0.1"
+    port: int = Field(6566, ge=1, le=65535)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_form(cls, data: Any) -> Any:
+        """``online_store: <type>`` + ``redis_connection`` / ``postgres`` -> the nested form."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        redis, postgres = data.pop("redis_connection", None), data.pop("postgres", None)
+        if isinstance(postgres, BaseModel):
+            postgres = postgres.model_dump(exclude_unset=True)
+        if postgres is not None and not isinstance(postgres, dict):
+            raise ValueError("postgres: expected a mapping of connection settings")
+        online = data.get("online_store")
+        if isinstance(online, str):
+            online = {"type": online}
+        if isinstance(online, dict):  # the backend's own keys win over the flat ones
+            if online.get("type") == "redis" and redis is not None:
+                online = {"connection_string": redis, **online}
+            if online.get("type") == "postgres" and postgres is not None:
+                online = {**postgres, **online}
+            data["online_store"] = online
+        return data
+
+
+def store_config(settings: object | None = None,
+                 override: StoreConfig | None = None) -> StoreConfig:
+    """The store section of ``settings`` (``settings.store``) or the defaults; ``override`` wins."""
+    if override is not None:
+        return override
+    found = getattr(settings, "store", None) if settings is not None else None
+    return found if isinstance(found, StoreConfig) else StoreConfig()
 
 
 class Settings(_Section):

@@ -53,3 +53,66 @@ def test_own_profile_fields_replace_the_default(tmp_path):
                  "    - {name: bio, kind: text, label: bio}\n")
     schema = load_settings(p).profile_schema()
     assert schema.names == ["plan", "bio"]
+
+
+# --------------------------------------------------------------------------- the store section
+
+
+def test_online_store_is_one_class_per_backend_chosen_by_type(tmp_path):
+    from scaletot_features.config import (
+        PostgresOnlineStoreConfig, RedisOnlineStoreConfig, SqliteOnlineStoreConfig,
+    )
+
+    assert isinstance(build_settings("tiny").store.online_store, SqliteOnlineStoreConfig)
+    p = tmp_path / "c.yaml"
+    p.write_text("store:\n  online_store: {type: redis, connection_string: '10.0.0.2:6380'}\n")
+    online = load_settings(p).store.online_store
+    assert isinstance(online, RedisOnlineStoreConfig)
+    assert online.connection_string == "10.0.0.2:6380"
+    p.write_text("store:\n  online_store: {type: postgres, port: 5433}\n")
+    online = load_settings(p).store.online_store
+    assert isinstance(online, PostgresOnlineStoreConfig)
+    assert (online.port, online.host, online.password_env) == (5433, "127.0.0.1",
+                                                               "SCALETOT_PG_PASSWORD")
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("online_store: redis\n  redis_connection: '10.0.0.2:6380'",
+     {"type": "redis", "connection_string": "10.0.0.2:6380"}),
+    ("online_store: redis", {"type": "redis", "connection_string": "127.0.0.1:6379"}),
+    ("online_store: postgres\n  postgres: {host: db, port: 5433}",
+     {"type": "postgres", "host": "db", "port": 5433}),
+    ("online_store: sqlite\n  redis_connection: '10.0.0.2:6380'", {"type": "sqlite"}),
+    ("redis_connection: '10.0.0.2:6380'", {"type": "sqlite"}),
+])
+def test_the_flat_store_keys_of_earlier_versions_still_load(tmp_path, body, expected):
+    p = tmp_path / "c.yaml"
+    p.write_text("store:\n  " + body + "\n")
+    online = load_settings(p).store.online_store.model_dump()
+    assert {k: online[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize("body, needle", [
+    ("store: {online_store: mongo}", "store.online_store"),
+    ("store: {online_store: {type: redis, host: x}}", "store.online_store.redis.host"),
+    ("store: {online_store: {type: sqlite, connection_string: x}}", "store.online_store.sqlite"),
+    ("store: {postgres: 3}", "postgres"),
+])
+def test_bad_store_config_names_the_key(tmp_path, body, needle):
+    p = tmp_path / "c.yaml"
+    p.write_text(body)
+    with pytest.raises(ConfigError, match=needle):
+        load_settings(p)
+
+
+def test_the_resolved_store_section_loads_back(tmp_path):
+    import yaml
+
+    p = tmp_path / "c.yaml"
+    p.write_text("store: {online_store: redis, redis_connection: 'h:1'}\n")
+    dumped = load_settings(p).model_dump(mode="json")
+    assert dumped["store"]["online_store"] == {"type": "redis", "connection_string": "h:1"}
+    again = tmp_path / "again.yaml"
+    again.write_text(yaml.safe_dump(dumped))
+    assert load_settings(again).store == load_settings(p).store
+

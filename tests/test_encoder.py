@@ -29,7 +29,7 @@ from scaletot_features.encoder import (
     embed_population,
     load_encoder,
 )
-from scaletot_features.encoder.model import MISSING_ID, OOV_ID, UNKNOWN_ID
+from scaletot_features.encoder.featurizer import MISSING_ID, OOV_ID, UNKNOWN_ID
 from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA
 from scaletot_features.runtime import torch_threads
 from scaletot_features.taxonomy import DEFAULT_TAXONOMY

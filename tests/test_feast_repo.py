@@ -41,7 +41,7 @@ def build_feature_dataset(out: Path, users: int = USERS, dim: int = DIM, seed: i
     from scaletot_features.data.synthetic import generate_population
     from scaletot_features.encoder.artifact import save_encoder
     from scaletot_features.encoder.embed import embed_population
-    from scaletot_features.encoder.model import Featurizer, NetworkShape, ProfileEncoderNet
+    from scaletot_features.encoder import Featurizer, NetworkShape, ProfileEncoderNet
     from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA
     from scaletot_features.taxonomy import DEFAULT_TAXONOMY
 
@@ -64,10 +64,11 @@ def copy_dataset(src: Path, dst: Path) -> Path:
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     from scaletot_features.store.repo import apply_repo, materialize
+    from validation.gate import reasoning_gate
 
     d = build_feature_dataset(tmp_path_factory.mktemp("feast") / "data")
     apply_repo(d)
-    report = materialize(d)
+    report = materialize(d, gate=reasoning_gate)
     assert report["gate"]["success"], report
     return d
 
@@ -147,7 +148,7 @@ def test_apply_is_idempotent_and_drops_removed_objects(data_dir, store, tmp_path
     fs = get_store(d)
     assert list(fs.list_on_demand_feature_views()) == []
     assert "ltv_live" not in {s.name for s in fs.list_feature_services()}
-    report = materialize(d, gate=False)
+    report = materialize(d)
     assert report["views"] == {"user_profile": USERS, "user_states": USERS,
                                "user_embedding": USERS}
 
@@ -178,13 +179,14 @@ def test_online_values_equal_the_offline_tables(store, features_table, profiles)
 def test_materialize_is_incremental(data_dir):
     from scaletot_features.store.repo import materialize
 
-    report = materialize(data_dir, gate=False)
+    report = materialize(data_dir)
     assert report["rows"] == 0  # nothing new since the fixture's run
     assert set(report["views"]) == {"user_profile", "user_states", "user_embedding"}
 
 
 def test_gate_failure_stops_materialization(data_dir, tmp_path):
     from scaletot_features.store.repo import GateFailedError, apply_repo, get_store, materialize
+    from validation.gate import reasoning_gate
 
     d = copy_dataset(data_dir, tmp_path / "data")
     part = sorted((d / "features" / "reasoning_features").glob("part-*.parquet"))[0]
@@ -196,7 +198,7 @@ def test_gate_failure_stops_materialization(data_dir, tmp_path):
     pq.write_table(t, part)
     apply_repo(d)
     with pytest.raises(GateFailedError) as err:
-        materialize(d)
+        materialize(d, gate=reasoning_gate)
     assert "life_stage_prob" in str(err.value) and "nothing was materialized" in str(err.value)
     assert (d / "validation" / "reasoning_features.json").exists()
     fs = get_store(d)
@@ -375,7 +377,7 @@ def test_feature_repo_cli_apply_and_materialize_incremental(data_dir, tmp_path):
 @pytest.mark.slow  # about 20 s: local Ray start-up on 2 cores
 def test_ray_compute_engine_materializes_the_same_values(data_dir, store, tmp_path):
     pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[scale]')")
-    from scaletot_features.store import StoreConfig
+    from scaletot_features.config import StoreConfig
     from scaletot_features.store.repo import apply_repo, get_store, materialize
 
     # Ray's socket paths must stay under 107 bytes: a short folder, not pytest's tmp_path
@@ -386,7 +388,7 @@ def test_ray_compute_engine_materializes_the_same_values(data_dir, store, tmp_pa
         apply_repo(data_dir, store=cfg, repo_dir=repo)
         assert yaml.safe_load((repo / "feature_store.yaml").read_text())["batch_engine"]["type"] \
             == "ray.engine"
-        report = materialize(data_dir, store=cfg, repo_dir=repo, gate=False)
+        report = materialize(data_dir, store=cfg, repo_dir=repo)
         assert report["batch_engine"] == "ray" and report["rows"] == 3 * USERS
         fs = get_store(data_dir, repo)
         ids = [{"user_id": i} for i in (1, 500, 1500, USERS)]
@@ -411,12 +413,8 @@ def test_small_batch_featurizer_matches_the_batch_featurizer(data_dir):
     import torch
 
     from scaletot_features.data.io import read_table
-    from scaletot_features.store.transforms import (
-        FastFeaturizer,
-        coerce_column,
-        get_encoder,
-        predict_rows,
-    )
+    from scaletot_features.encoder.featurizer import FastFeaturizer
+    from scaletot_features.store.transforms import coerce_column, get_encoder, predict_rows
 
     enc = get_encoder(data_dir / "encoder")
     schema = enc.featurizer.schema

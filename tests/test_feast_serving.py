@@ -70,10 +70,11 @@ class Server:
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     from scaletot_features.store.repo import apply_repo, materialize
+    from validation.gate import reasoning_gate
 
     d = build_feature_dataset(tmp_path_factory.mktemp("serve") / "data")
     apply_repo(d)
-    materialize(d)
+    materialize(d, gate=reasoning_gate)
     return d
 
 

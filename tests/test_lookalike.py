@@ -84,7 +84,7 @@ def data_dir(tmp_path_factory):
 
     d = build_feature_dataset(tmp_path_factory.mktemp("lookalike") / "data")
     apply_repo(d)
-    materialize(d, gate=False)
+    materialize(d)
     return d
 
 
@@ -132,7 +132,7 @@ def test_index_is_cached_and_rebuilt_when_features_change(data_dir, tmp_path):
     assert meta.stat().st_mtime_ns == stamp  # loaded, not rebuilt
     d = copy_dataset(data_dir, tmp_path / "data")
     apply_repo(d)
-    materialize(d, gate=False)
+    materialize(d)
     part = sorted((d / "features" / "reasoning_features").glob("part-*.parquet"))[-1]
     part.touch()
     fresh = load_or_build_index(d)
@@ -140,7 +140,7 @@ def test_index_is_cached_and_rebuilt_when_features_change(data_dir, tmp_path):
 
 
 def test_hnsw_by_configuration(data_dir, table):
-    from scaletot_features.store import StoreConfig
+    from scaletot_features.config import StoreConfig
     from scaletot_features.store.lookalike import load_or_build_index, lookalikes
 
     cfg = StoreConfig(exact_max_users=500, recall_queries=200)
@@ -153,7 +153,7 @@ def test_hnsw_by_configuration(data_dir, table):
 
 
 def test_bad_lookalike_requests(data_dir):
-    from scaletot_features.store import StoreConfig
+    from scaletot_features.config import StoreConfig
     from scaletot_features.store.lookalike import lookalikes
     from scaletot_features.store.repo import StoreError
 
@@ -171,11 +171,11 @@ def test_bad_lookalike_requests(data_dir):
 
 
 def test_pgvector_configuration_renders_a_vector_enabled_postgres_store():
-    from scaletot_features.store import PostgresConfig, StoreConfig
+    from scaletot_features.config import PostgresOnlineStoreConfig, StoreConfig
     from scaletot_features.store.repo import render_config
 
-    cfg = StoreConfig(online_store="postgres", lookalike_backend="pgvector",
-                      postgres=PostgresConfig(host="127.0.0.1", port=5433, database="feast"))
+    cfg = StoreConfig(lookalike_backend="pgvector", online_store=PostgresOnlineStoreConfig(
+        host="127.0.0.1", port=5433, database="feast"))
     online = render_config(cfg)["online_store"]
     assert online["type"] == "postgres" and online["vector_enabled"] is True
     assert online["password"] == "${SCALETOT_PG_PASSWORD}"  # never the secret itself
@@ -212,7 +212,7 @@ def test_pgvector_lookalikes_match_faiss(data_dir):
     import tempfile
     from pathlib import Path
 
-    from scaletot_features.store import PostgresConfig, StoreConfig
+    from scaletot_features.config import PostgresOnlineStoreConfig, StoreConfig
     from scaletot_features.store.lookalike import lookalikes
     from scaletot_features.store.repo import apply_repo, materialize
 
@@ -234,11 +234,11 @@ def test_pgvector_lookalikes_match_faiss(data_dir):
         subprocess.run(psql + ["-d", "postgres", "-c", "CREATE DATABASE feast"], check=True)
         subprocess.run(psql + ["-d", "feast", "-c", "CREATE EXTENSION vector"], check=True)
         os.environ.setdefault("SCALETOT_PG_PASSWORD", "unused-with-trust-auth")
-        cfg = StoreConfig(online_store="postgres", lookalike_backend="pgvector",
-                          postgres=PostgresConfig(port=port, user="feast", database="feast"))
+        cfg = StoreConfig(lookalike_backend="pgvector", online_store=PostgresOnlineStoreConfig(
+            port=port, user="feast", database="feast"))
         repo = data_dir / "feast_pg"
         apply_repo(data_dir, store=cfg, repo_dir=repo)
-        materialize(data_dir, store=cfg, repo_dir=repo, gate=False)
+        materialize(data_dir, store=cfg, repo_dir=repo)
         got = lookalikes(data_dir, 7, k=5, store=cfg, repo_dir=repo)
         want = lookalikes(data_dir, 7, k=5)
         assert list(got["user_id"]) == list(want["user_id"])

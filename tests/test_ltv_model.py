@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from scaletot_features.data.io import read_table
-from scaletot_features.encoder.model import Featurizer
+from scaletot_features.encoder.featurizer import Featurizer
 from scaletot_features.ltv.metrics import normalized_gini
 from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA
 from trainers.evaluate import (

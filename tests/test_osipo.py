@@ -15,12 +15,10 @@ from scaletot_features.data.io import read_table
 from scaletot_features.dataset import DatasetLayout
 from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA
 from scaletot_features.reasoning.prompts import student_prompt
-from scaletot_features.reasoning.student import (
-    DEFAULT_OUTCOME_BUCKETS, REWARD_INVALID, chain_tokens, encode_prompt, outcome_reward,
-    segment_masks,
-)
+from scaletot_features.reasoning.student import chain_tokens, encode_prompt, segment_masks
 from scaletot_features.taxonomy import DEFAULT_TAXONOMY as TAX, StateType, Taxonomy
 from trainers.osipo_config import OSIPOConfig
+from trainers.osipo_reward import DEFAULT_OUTCOME_BUCKETS, REWARD_INVALID, outcome_reward
 from trainers.osipo_trainer import (
     OSIPOTrainer, Pair, osipo_loss, segment_rewards, user_segment_weights,
 )

@@ -83,16 +83,18 @@ def redis_port(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory, redis_port):
     """(SQLite store, Redis store, data dir, Redis materialize report) over one dataset."""
-    from scaletot_features.store import StoreConfig
+    from scaletot_features.config import RedisOnlineStoreConfig, StoreConfig
     from scaletot_features.store.repo import apply_repo, get_store, materialize
+    from validation.gate import reasoning_gate
 
     d = build_feature_dataset(tmp_path_factory.mktemp("redis-data") / "data")
     apply_repo(d)
-    materialize(d, gate=False)
-    cfg = StoreConfig(online_store="redis", redis_connection=f"127.0.0.1:{redis_port}")
+    materialize(d)
+    cfg = StoreConfig(online_store=RedisOnlineStoreConfig(
+        connection_string=f"127.0.0.1:{redis_port}"))
     redis_repo = d / "feast_redis"
     apply_repo(d, store=cfg, repo_dir=redis_repo)
-    report = materialize(d, store=cfg, repo_dir=redis_repo)
+    report = materialize(d, store=cfg, repo_dir=redis_repo, gate=reasoning_gate)
     return get_store(d), get_store(d, redis_repo), d, report
 
 
@@ -134,26 +136,28 @@ def test_live_view_over_redis(stores):
 
 
 def test_incremental_materialization_into_redis(stores, redis_port):
-    from scaletot_features.store import StoreConfig
+    from scaletot_features.config import RedisOnlineStoreConfig, StoreConfig
     from scaletot_features.store.repo import materialize
 
     _, _, d, _ = stores
-    cfg = StoreConfig(online_store="redis", redis_connection=f"127.0.0.1:{redis_port}")
-    report = materialize(d, store=cfg, repo_dir=d / "feast_redis", gate=False)
+    cfg = StoreConfig(online_store=RedisOnlineStoreConfig(
+        connection_string=f"127.0.0.1:{redis_port}"))
+    report = materialize(d, store=cfg, repo_dir=d / "feast_redis")
     assert report["rows"] == 0
 
 
 def test_unreachable_redis_is_a_clear_error(stores, tmp_path):
-    from scaletot_features.store import StoreConfig
+    from scaletot_features.config import RedisOnlineStoreConfig, StoreConfig
     from scaletot_features.store.repo import apply_repo, materialize
 
     _, _, d, _ = stores
-    cfg = StoreConfig(online_store="redis", redis_connection=f"127.0.0.1:{_free_port()}")
+    cfg = StoreConfig(online_store=RedisOnlineStoreConfig(
+        connection_string=f"127.0.0.1:{_free_port()}"))
     repo = d / "feast_redis_down"
     try:
         with pytest.raises(Exception, match="(?i)connect|refused"):
             apply_repo(d, store=cfg, repo_dir=repo)
-            materialize(d, store=cfg, repo_dir=repo, gate=False)
+            materialize(d, store=cfg, repo_dir=repo)
     finally:
         shutil.rmtree(repo, ignore_errors=True)
     assert Path(d / "feast_redis" / "feature_store.yaml").exists()

@@ -62,12 +62,8 @@ from scaletot_features.dataset import (
 )
 from scaletot_features.encoder.artifact import save_encoder
 from scaletot_features.encoder.embed import data_profile_schema, encoder_dir
-from scaletot_features.encoder.model import (
-    Encoder,
-    Featurizer,
-    NetworkShape,
-    ProfileEncoderNet,
-)
+from scaletot_features.encoder.featurizer import Featurizer
+from scaletot_features.encoder.model import Encoder, NetworkShape, ProfileEncoderNet
 from scaletot_features.profile import ID_COLUMN, ProfileSchema
 from scaletot_features.reasoning.prompts import student_prompt
 from scaletot_features.taxonomy import Taxonomy

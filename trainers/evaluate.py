@@ -193,7 +193,7 @@ def align(table: pa.Table, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def profile_text_matrix(data_dir: Path, table: pa.Table, schema: ProfileSchema,
                         console: Console, progress: bool = True) -> tuple[np.ndarray, float]:
     """(B) all-MiniLM-L6-v2 over the profile text, cached in DIR/eval; (matrix, seconds)."""
-    from scaletot_features.encoder.model import TextEmbedder
+    from scaletot_features.encoder.featurizer import TextEmbedder
 
     out = DatasetLayout(data_dir).eval.profile_text_embedding
     meta = run_summary_path(out)

@@ -29,13 +29,8 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from scaletot_features.encoder.model import (
-    NUMERIC_CLIP,
-    Features,
-    FieldInputs,
-    Featurizer,
-    NetworkShape,
-)
+from scaletot_features.encoder.featurizer import NUMERIC_CLIP, Features, Featurizer
+from scaletot_features.encoder.model import FieldInputs, NetworkShape
 from scaletot_features.ltv.ziln import (
     count_loss,
     count_predict,

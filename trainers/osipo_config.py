@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from scaletot_features.reasoning.student import DEFAULT_OUTCOME_BUCKETS, REWARD_INVALID, OutcomeBucket
 from scaletot_features.taxonomy import Taxonomy
+from trainers.osipo_reward import DEFAULT_OUTCOME_BUCKETS, REWARD_INVALID, OutcomeBucket
 
 Outcome = Literal["lt30", "revenue_30", "both"]
 

@@ -39,11 +39,11 @@ from trl.trainer.utils import add_fused_lm_head
 
 from scaletot_features.reasoning.student import (
     ChainTokens, ConstrainedDecoder, causal_lm, chain_tokens, encode_prompt,
-    outcome_reward,
 )
 from scaletot_features.chain import chain_text
 from scaletot_features.taxonomy import Taxonomy
 from trainers.osipo_config import OSIPOConfig
+from trainers.osipo_reward import outcome_reward
 
 
 @dataclass

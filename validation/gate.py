@@ -2,8 +2,10 @@
 
 ``validate_dataset`` is the gate after ``generate`` / ``ingest``: it checks a dataset directory's
 profiles and labels, writes ``DIR/validation/<suite>.json`` and returns the results; the CLI
-exits non-zero when one failed, printing ``format_failures``. Suites run in one in-memory
-(ephemeral) GE context per process, with progress bars off; nothing is written to a GE project.
+exits non-zero when one failed, printing ``format_failures``. ``reasoning_gate`` is the gate
+before ``materialize``, which the CLI hands to it (the library never imports this package).
+Suites run in one in-memory (ephemeral) GE context per process, with progress bars off; nothing
+is written to a GE project.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from scaletot_features.data.io import (
     read_table,
     write_json_atomic,
 )
-from scaletot_features.dataset import DatasetLayout
+from scaletot_features.dataset import PART_GLOB, DatasetLayout, encoder_manifest
 from scaletot_features.profile import ID_COLUMN, ProfileSchema
-from validation.suites import Suite, label_suite, sparse_profile_suite
+from validation.suites import Suite, label_suite, reasoning_feature_suite, sparse_profile_suite
 
 if TYPE_CHECKING:  # pragma: no cover
     from scaletot_features.config import Settings
@@ -57,6 +59,10 @@ class GateResult:
 
     def to_json(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
+
+    def failure_report(self) -> str:
+        """:func:`format_failures` of this result alone."""
+        return format_failures([self])
 
 
 # --------------------------------------------------------------------------- GE plumbing
@@ -285,6 +291,51 @@ def validate_dataset(
         _write(result, layout)
         results.append(result)
     return results
+
+
+# --------------------------------------------------------------------------- reasoning gate
+
+
+def _taxonomy_and_dim(data_dir: Path, settings: "Settings | None") -> tuple[Any, int]:
+    """The taxonomy and embedding size the table should have: the encoder's, else configured."""
+    from scaletot_features.taxonomy import DEFAULT_TAXONOMY
+
+    folder = DatasetLayout(data_dir).encoder
+    if encoder_manifest(folder).exists():
+        from scaletot_features.encoder.artifact import read_manifest, taxonomy_from_json
+
+        m = read_manifest(folder)
+        return taxonomy_from_json(m["taxonomy"]), int(m["dim"])
+    taxonomy = settings.taxonomy() if settings is not None else DEFAULT_TAXONOMY
+    if settings is not None:
+        return taxonomy, settings.encoder.dim
+    first = next(iter_batches(DatasetLayout(data_dir).features.reasoning, batch_size=1,
+                              columns=["embedding"]))
+    return taxonomy, len(first.column(0)[0].as_py())
+
+
+def reasoning_gate(data_dir: Path | str, settings: "Settings | None" = None,
+                   max_rows: int = DEFAULT_MAX_ROWS) -> GateResult:
+    """Run the reasoning-feature suite on DIR/features/reasoning_features; write its JSON.
+
+    The gate ``materialize`` runs before it writes (the CLI passes this function). Returns the
+    result (written to DIR/validation/reasoning_features.json). Tables over ``max_rows`` rows are
+    checked on a deterministic id-hash sample.
+    """
+    data_dir = Path(data_dir).resolve()
+    layout = DatasetLayout(data_dir)
+    table_dir = layout.features.reasoning
+    if not table_dir.exists() or not any(table_dir.glob(PART_GLOB)):
+        raise FileNotFoundError(f"no reasoning features at {table_dir}: run the embed stage first")
+    taxonomy, dim = _taxonomy_and_dim(data_dir, settings)
+    df, total, sampled = _read_maybe_sampled(table_dir, max_rows)
+    result = run_suite(df, reasoning_feature_suite(taxonomy, dim, prob_lists=True))
+    result.total_rows, result.sampled = total, sampled
+    if sampled:
+        result.notes.append(f"validated a deterministic id-hash sample of {len(df)} of {total} "
+                            f"rows (max_rows={max_rows})")
+    _write(result, layout)
+    return result
 
 
 def format_failures(results: Iterable[GateResult]) -> str:

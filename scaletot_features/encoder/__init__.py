@@ -1,4 +1,5 @@
-"""The distilled profile encoder (DESIGN.md 4.7): featuriser + network, artifact, batch embedding.
+"""The distilled profile encoder (DESIGN.md 4.7): featuriser (``featurizer.py``, batch and
+request-time), network and loaded encoder (``model.py``), artifact, batch embedding.
 
 Training lives in ``trainers/distill_encoder.py``; this package only reads what it wrote.
 """
@@ -11,10 +12,11 @@ from scaletot_features.encoder.artifact import (
     save_encoder,
 )
 from scaletot_features.encoder.embed import embed_population, feature_schema, features_dir
-from scaletot_features.encoder.model import Encoder, Featurizer, NetworkShape, ProfileEncoderNet
+from scaletot_features.encoder.featurizer import FastFeaturizer, Featurizer
+from scaletot_features.encoder.model import Encoder, NetworkShape, ProfileEncoderNet
 
 __all__ = [
-    "Encoder", "EncoderManifestError", "Featurizer", "NetworkShape", "ProfileEncoderNet",
-    "check_compatible", "embed_population", "feature_schema", "features_dir", "load_encoder",
-    "read_manifest", "save_encoder",
+    "Encoder", "EncoderManifestError", "FastFeaturizer", "Featurizer", "NetworkShape",
+    "ProfileEncoderNet", "check_compatible", "embed_population", "feature_schema", "features_dir",
+    "load_encoder", "read_manifest", "save_encoder",
 ]

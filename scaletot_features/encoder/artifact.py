@@ -31,14 +31,8 @@ from safetensors.torch import load_file, save_file
 
 from scaletot_features.data.io import write_json_atomic
 from scaletot_features.dataset import ENCODER_MANIFEST, ENCODER_WEIGHTS, SCHEMA_VERSION
-from scaletot_features.encoder.model import (
-    Encoder,
-    Featurizer,
-    FieldState,
-    NetworkShape,
-    ProfileEncoderNet,
-    TextEmbedder,
-)
+from scaletot_features.encoder.featurizer import Featurizer, FieldState, TextEmbedder
+from scaletot_features.encoder.model import Encoder, NetworkShape, ProfileEncoderNet
 from scaletot_features.profile import ProfileSchema
 from scaletot_features.taxonomy import Taxonomy
 

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from scaletot_features.config import StoreConfig, store_config
 from scaletot_features.data.io import atomic_dir, read_table
 from scaletot_features.dataset import PART_GLOB, DatasetLayout, FeastLayout, is_probs_column
-from scaletot_features.store import StoreConfig, store_config
 from scaletot_features.store.repo import (
     StoreError,
     get_store,
@@ -269,7 +269,7 @@ def lookalikes(data_dir: Path | str, user_id: int, k: int = 10,
     fs = get_store(data_dir, repo_dir)
     vector = _query_vector(fs, user_id)
     if cfg.lookalike_backend == "pgvector":
-        if cfg.online_store != "postgres":
+        if cfg.online_store.type != "postgres":
             raise StoreError("lookalike_backend pgvector needs online_store: postgres")
         found = _pgvector_neighbours(fs, vector, k, int(user_id))
     else:

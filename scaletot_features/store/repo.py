@@ -9,8 +9,9 @@ and so do the functions here. Registry and online store live inside it (relative
 dataset directory can move).
 
 Functions for the CLI (signatures in docs/feast.md): :func:`apply_repo`, :func:`materialize`
-(with the reasoning-feature suite as a gate), :func:`historical_features` (point-in-time
-correct, written atomically), :func:`online_features`; lookalikes are in ``lookalike.py``.
+(with the gate it is given: the CLI passes the reasoning-feature suite),
+:func:`historical_features` (point-in-time correct, written atomically), :func:`online_features`;
+lookalikes are in ``lookalike.py``.
 Feast is imported inside the functions: it costs about 8 s (it imports torch).
 """
 
@@ -25,18 +26,12 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
 
 import yaml
 
-from scaletot_features.data.io import (
-    count_rows,
-    iter_batches,
-    read_json,
-    read_table,
-    write_json_atomic,
-    write_parquet_atomic,
-)
+from scaletot_features.config import StoreConfig, store_config
+from scaletot_features.data.io import read_table, write_parquet_atomic
 from scaletot_features.dataset import (
     FEAST_DEFINITIONS,
     ONLINE_STORE_FILE,
@@ -44,10 +39,8 @@ from scaletot_features.dataset import (
     REGISTRY_FILE,
     DatasetLayout,
     FeastLayout,
-    encoder_manifest,
 )
 from scaletot_features.profile import is_missing
-from scaletot_features.store import StoreConfig, store_config
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -58,7 +51,6 @@ if TYPE_CHECKING:  # pragma: no cover
 FEATURE_REPO_ENV = "SCALETOT_FEATURE_REPO"
 """A folder holding the ``features.py`` to copy (default: the project's ``feature_repo/``)."""
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-GATE_MAX_ROWS = 200_000
 DEFAULT_SERVICES = ("ltv_with_reasoning", "ltv_profile_only")
 
 
@@ -72,6 +64,25 @@ class GateFailedError(StoreError):
     def __init__(self, message: str, result: Any) -> None:
         super().__init__(message)
         self.result = result
+
+
+class GateOutcome(Protocol):
+    """What a gate returns (``validation.gate.GateResult`` is one)."""
+
+    suite: str
+    success: bool
+    failed: list[Any]
+    rows: int
+
+    def failure_report(self) -> str:
+        """One line per failing expectation, for the error message."""
+        ...
+
+
+Gate = Callable[[Path, "Settings | None"], GateOutcome]
+"""Checks DIR's reasoning features before :func:`materialize` writes anything, e.g.
+``validation.gate.reasoning_gate``: the library receives it as an argument and never imports
+``validation/`` (the CLI layer passes it)."""
 
 
 # --------------------------------------------------------------------------- paths and config
@@ -96,12 +107,13 @@ def repo_path(data_dir: Path | str, repo_dir: Path | str | None = None) -> Path:
 def render_config(cfg: StoreConfig) -> dict[str, Any]:
     """The ``feature_store.yaml`` content for a store configuration."""
     online: dict[str, Any]
-    if cfg.online_store == "sqlite":
+    backend = cfg.online_store
+    if backend.type == "sqlite":
         online = {"type": "sqlite", "path": ONLINE_STORE_FILE}
-    elif cfg.online_store == "redis":
-        online = {"type": "redis", "connection_string": cfg.redis_connection}
+    elif backend.type == "redis":
+        online = {"type": "redis", "connection_string": backend.connection_string}
     else:
-        pg = cfg.postgres
+        pg = backend
         online = {"type": "postgres", "host": pg.host, "port": pg.port, "database": pg.database,
                   "db_schema": pg.db_schema, "user": pg.user,
                   "password": "${" + pg.password_env + "}", "sslmode": pg.sslmode,
@@ -224,63 +236,6 @@ def apply_repo(data_dir: Path | str, settings: "Settings | None" = None, *,
     return repo
 
 
-# --------------------------------------------------------------------------- the gate
-
-
-def _taxonomy_and_dim(data_dir: Path, settings: "Settings | None") -> tuple[Any, int]:
-    """The taxonomy and embedding size the table should have: the encoder's, else configured."""
-    from scaletot_features.taxonomy import DEFAULT_TAXONOMY
-
-    folder = DatasetLayout(data_dir).encoder
-    if encoder_manifest(folder).exists():
-        from scaletot_features.encoder.artifact import read_manifest, taxonomy_from_json
-
-        m = read_manifest(folder)
-        return taxonomy_from_json(m["taxonomy"]), int(m["dim"])
-    taxonomy = settings.taxonomy() if settings is not None else DEFAULT_TAXONOMY
-    if settings is not None:
-        return taxonomy, settings.encoder.dim
-    first = next(iter_batches(DatasetLayout(data_dir).features.reasoning, batch_size=1,
-                              columns=["embedding"]))
-    return taxonomy, len(first.column(0)[0].as_py())
-
-
-def reasoning_gate(data_dir: Path | str, settings: "Settings | None" = None,
-                   max_rows: int = GATE_MAX_ROWS) -> Any:
-    """Run the reasoning-feature suite on DIR/features/reasoning_features; write its JSON.
-
-    Returns the ``validation.gate.GateResult`` (written to DIR/validation/reasoning_features.json).
-    Tables over ``max_rows`` rows are checked on a deterministic id-hash sample.
-    """
-    import pyarrow as pa
-
-    from validation.gate import hash_sample_mask, run_suite
-    from validation.suites import reasoning_feature_suite
-
-    data_dir = Path(data_dir).resolve()
-    table_dir = DatasetLayout(data_dir).features.reasoning
-    if not table_dir.exists() or not any(table_dir.glob(PART_GLOB)):
-        raise StoreError(f"no reasoning features at {table_dir}: run the embed stage first")
-    taxonomy, dim = _taxonomy_and_dim(data_dir, settings)
-    total = count_rows(table_dir)
-    if total <= max_rows:
-        df, sampled = read_table(table_dir).to_pandas(), False
-    else:
-        kept = []
-        for batch in iter_batches(table_dir):
-            mask = hash_sample_mask(batch.column("user_id").to_numpy(zero_copy_only=False),
-                                    max_rows / total)
-            kept.append(pa.Table.from_batches([batch]).filter(pa.array(mask)))
-        df, sampled = pa.concat_tables(kept).to_pandas(), True
-    result = run_suite(df, reasoning_feature_suite(taxonomy, dim, prob_lists=True))
-    result.total_rows, result.sampled = total, sampled
-    if sampled:
-        result.notes.append(f"validated a deterministic id-hash sample of {len(df)} of {total} "
-                            f"rows (max_rows={max_rows})")
-    write_json_atomic(result.to_json(), DatasetLayout(data_dir).validation_result(result.suite))
-    return result
-
-
 # --------------------------------------------------------------------------- materialize
 
 
@@ -334,36 +289,38 @@ def _verify_online(fs: "FeatureStore", views: list[Any], end: datetime, sample: 
 
 def materialize(data_dir: Path | str, settings: "Settings | None" = None,
                 end: datetime | None = None, *, store: StoreConfig | None = None,
-                repo_dir: Path | str | None = None, gate: bool | None = None) -> dict[str, Any]:
+                repo_dir: Path | str | None = None, gate: Gate | None = None) -> dict[str, Any]:
     """Load the latest feature rows up to ``end`` (default now, UTC) into the online store.
 
-    The reasoning-feature suite runs first (unless ``gate=False`` or the store config says so):
-    a failure raises :class:`GateFailedError` naming the failing expectations, and nothing is
-    written. A view never materialized is loaded from the beginning of time (Feast's own
-    ``materialize-incremental`` would start one year back for views without a TTL); later runs
-    are incremental. Returns what was done: views, rows in the window, seconds, rows/s.
+    ``gate`` (e.g. ``validation.gate.reasoning_gate``, which the CLI passes unless
+    ``store.gate`` is false) runs first on DIR's reasoning features: a failure raises
+    :class:`GateFailedError` naming the failing expectations, and nothing is written; None
+    materializes ungated. A view never materialized is loaded from the beginning of time
+    (Feast's own ``materialize-incremental`` would start one year back for views without a TTL);
+    later runs are incremental. Returns what was done: views, rows in the window, seconds, rows/s.
     """
-    from validation.gate import format_failures
-
     cfg = store_config(settings, store)
     data_dir = Path(data_dir).resolve()
     repo = repo_path(data_dir, repo_dir)
-    if not FeastLayout(repo).registry.exists() and cfg.online_store != "postgres":
+    if not FeastLayout(repo).registry.exists() and cfg.online_store.type != "postgres":
         apply_repo(data_dir, settings, store=cfg, repo_dir=repo)
     end = end or datetime.now(timezone.utc)
     if end.tzinfo is None:
         end = end.replace(tzinfo=timezone.utc)
     report: dict[str, Any] = {"repo": str(repo), "end": end.isoformat(),
-                              "online_store": cfg.online_store, "batch_engine": cfg.batch_engine}
-    run_gate = cfg.gate if gate is None else gate
-    if run_gate and DatasetLayout(data_dir).features.reasoning.exists():
-        result = reasoning_gate(data_dir, settings)
+                              "online_store": cfg.online_store.type,
+                              "batch_engine": cfg.batch_engine}
+    table_dir = DatasetLayout(data_dir).features.reasoning
+    if gate is not None and table_dir.exists():
+        if not any(table_dir.glob(PART_GLOB)):
+            raise StoreError(f"no reasoning features at {table_dir}: run the embed stage first")
+        result = gate(data_dir, settings)
         report["gate"] = {"suite": result.suite, "success": result.success,
                           "failed": len(result.failed), "rows": result.rows}
         if not result.success:
             raise GateFailedError(
                 "reasoning-feature suite failed; nothing was materialized:\n"
-                + format_failures([result]), result)
+                + result.failure_report(), result)
     fs = get_store(data_dir, repo)
     views = [fv for fv in fs.list_feature_views() if fv.online]
     if not views:

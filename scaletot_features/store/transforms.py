@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -29,13 +28,6 @@ from feast.errors import FeastError
 
 from scaletot_features.dataset import (
     EMBEDDING, LIVE_PREFIX, live_column, live_columns, state_columns,
-)
-from scaletot_features.encoder.model import (
-    MISSING_ID,
-    NUMERIC_CLIP,
-    OOV_ID,
-    PHRASE_PREFIX,
-    UNKNOWN_ID,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -168,78 +160,11 @@ def profile_columns(inputs: Mapping[str, Sequence[Any]], encoder: "Encoder",
 
 # --------------------------------------------------------------------------- small batches
 #
-# The encoder's featuriser is vectorised Arrow compute: ideal for a batch of 65k profiles, but
-# about twenty kernel calls (regex word splitting among them) cost ~8 ms for ONE profile, which
-# alone would break the 10 ms p99 target of the live view. For the rows of a request (up to
-# FAST_MAX_ROWS) the same features are computed in plain Python from the featuriser's fitted
-# state; a test checks that both paths give the same tensors on every profile of a dataset.
+# Up to FAST_MAX_ROWS rows go through the featuriser's plain-Python twin (``Featurizer.fast``, in
+# ``encoder/featurizer.py``): one profile through the vectorised Arrow path costs ~8 ms, which
+# alone would break the 10 ms p99 target of the live view.
 
 FAST_MAX_ROWS = 4096  # measured: 1000 rows in 9 ms here, vs ~200 ms through Arrow + 2 threads
-_WORDS = re.compile(r"[^\W_]+")  # runs of letters and digits: the featuriser's \p{L}\p{N} runs
-
-
-def _bag_tokens(strings: Sequence[str]) -> list[str]:
-    """The featuriser's tokens of a row: each string's phrase first, then all its words."""
-    phrases, words = [], []
-    for s in strings:
-        w = _WORDS.findall(s.lower())
-        if w:
-            phrases.append(PHRASE_PREFIX + " ".join(w))
-            words += w
-    return phrases + words
-
-
-class FastFeaturizer:
-    """Plain-Python twin of ``Featurizer.transform`` for a handful of rows (no text model)."""
-
-    def __init__(self, featurizer: Any) -> None:
-        if featurizer.texts:
-            raise ValueError("the sentence-embedding featuriser has no fast path")
-        self.categorical = [(f.name, {v: i + 2 for i, v in enumerate(f.values)})
-                            for f in featurizer.categorical]
-        self.numeric = [(f.name, f.mean, f.std, f.transform) for f in featurizer.numeric]
-        self.bags = [(f.name, f.kind, {v: i + 1 for i, v in enumerate(f.values)})
-                     for f in featurizer.bags]
-
-    def transform(self, cols: Mapping[str, list[Any]], n: int) -> Any:
-        import numpy as np
-        import torch
-
-        from scaletot_features.encoder.model import Features
-
-        cats = np.zeros((n, len(self.categorical)), dtype=np.int64)
-        for j, (name, ids) in enumerate(self.categorical):
-            for i, v in enumerate(cols[name]):
-                cats[i, j] = MISSING_ID if v is None or v == "" else ids.get(v, UNKNOWN_ID)
-        num = np.zeros((n, 2 * len(self.numeric)), dtype=np.float32)
-        for j, (name, mean, std, how) in enumerate(self.numeric):
-            x = np.array([np.nan if v is None else v for v in cols[name]], dtype=np.float64)
-            missing = np.isnan(x)
-            if how == "log1p":
-                with np.errstate(invalid="ignore"):
-                    x = np.log1p(np.maximum(x, 0.0), where=~missing, out=np.full_like(x, np.nan))
-            z = np.clip((x - mean) / std, -NUMERIC_CLIP, NUMERIC_CLIP)
-            num[:, 2 * j] = np.where(missing, 0.0, z)
-            num[:, 2 * j + 1] = missing
-        bag_ids, bag_offsets, bag_empty = [], [], []
-        for name, kind, vocab in self.bags:
-            flat: list[int] = []
-            offsets = np.zeros(n, dtype=np.int64)
-            empty = np.zeros((n, 1), dtype=np.float32)
-            for i, v in enumerate(cols[name]):
-                offsets[i] = len(flat)
-                strings = [] if v is None else ([t for t in v if t] if kind == "tags" else [v])
-                tokens = _bag_tokens(strings)
-                flat += [vocab.get(t, OOV_ID) for t in tokens]
-                empty[i, 0] = 0.0 if tokens else 1.0
-            bag_ids.append(torch.tensor(flat, dtype=torch.int64))
-            bag_offsets.append(torch.from_numpy(offsets))
-            bag_empty.append(torch.from_numpy(empty))
-        return Features(torch.from_numpy(cats), torch.from_numpy(num), bag_ids, bag_offsets,
-                        bag_empty, None)
-
-
-_fast: dict[int, FastFeaturizer | None] = {}
 _torch_lock = threading.Lock()
 
 
@@ -248,13 +173,7 @@ def predict_rows(encoder: "Encoder", cols: Mapping[str, list[Any]], n: int) -> t
     import pyarrow as pa
     import torch
 
-    key = id(encoder.featurizer)
-    if key not in _fast:
-        try:
-            _fast[key] = FastFeaturizer(encoder.featurizer)
-        except ValueError:
-            _fast[key] = None
-    fast = _fast[key]
+    fast = encoder.featurizer.fast
     if fast is None or n > FAST_MAX_ROWS:
         schema = encoder.featurizer.schema
         table = pa.table({f.name: pa.array(cols[f.name], f.arrow_type) for f in schema.fields})

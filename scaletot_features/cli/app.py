@@ -1,8 +1,8 @@
 """The ``scaletot`` command line: one command per pipeline stage, in pipeline order.
 
-This is the only module of the library that imports ``trainers/`` and ``validation/``. Every
-command exits 0 on success, 1 when a gate fails, 2 on bad input or configuration, with a message
-that names the file, key or column at fault.
+With ``demo.py`` beside it, this is the CLI layer: the only part of the library that imports
+``trainers/`` and ``validation/``. Every command exits 0 on success, 1 when a gate fails, 2 on
+bad input or configuration, with a message that names the file, key or column at fault.
 """
 
 from __future__ import annotations
@@ -286,8 +286,11 @@ def features_materialize(
 ) -> None:
     """Gate the reasoning features (Great Expectations), then load them into the online store."""
     from scaletot_features.store.repo import materialize
+    from validation.gate import reasoning_gate
 
-    report = _store_call(materialize, data_dir, _settings(config, preset))
+    s = _settings(config, preset)
+    report = _store_call(materialize, data_dir, s,
+                         gate=reasoning_gate if s.store.gate else None)
     console.print(f"materialized {report['rows']:,} rows into {report['online_store']} "
                   f"({report['rows_per_s']:,.0f} rows/s)")
 
@@ -360,7 +363,7 @@ def demo(
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Where the run lives."),
 ) -> None:
     """Run the pipeline end to end on the preset (what `make demo` runs)."""
-    from scaletot_features.pipeline import run_demo
+    from scaletot_features.cli.demo import run_demo
 
     s = _settings(config, preset)
     if out_dir is not None:
@@ -373,5 +376,5 @@ def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 
 
-if __name__ == "__main__":  # python -m scaletot_features.cli
-    main()
+if __name__ == "__main__":  # python -m scaletot_features.cli.app; ``-m scaletot_features.cli``
+    main()                  # runs cli/__main__.py

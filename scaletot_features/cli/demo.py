@@ -1,7 +1,8 @@
 """The demo: every stage in pipeline order, each skipped when its output is already there.
 
 It is a plain function over the stage functions, not a framework: read it top to bottom to see
-what the pipeline does. It ends with the LTV comparison table and the report's path.
+what the pipeline does. It ends with the LTV comparison table and the report's path. It belongs to
+the CLI layer (it runs the stages in ``trainers/`` and the gates in ``validation/``).
 """
 
 from __future__ import annotations
@@ -89,13 +90,15 @@ def run_demo(settings: Settings, console: Console) -> int:
         console.print(f"embed: {report['users']:,} users ({report['users_per_s']:,.0f} users/s)")
 
     from scaletot_features.store.repo import apply_repo, materialize
+    from validation.gate import reasoning_gate
 
     online = layout.feast.online_store
     if is_current(online, features):
         console.print("[dim]features: online store is current, skipped[/]")
     else:
         repo = apply_repo(layout.root, settings)
-        report = materialize(layout.root, settings)
+        report = materialize(layout.root, settings,
+                             gate=reasoning_gate if settings.store.gate else None)
         console.print(f"features: applied {repo}, materialized {report['rows']:,} rows "
                       f"into {report['online_store']}")
 
