@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from enum import Enum
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -184,8 +184,3 @@ def sparsity_bucket(n_present_optional: int) -> str:
     if n_present_optional <= 2:
         return "sparse"
     return "rich"
-
-
-def count_present(rows: Iterable[dict[str, Any]], schema: ProfileSchema) -> list[int]:
-    names = [f.name for f in schema.optional]
-    return [sum(not is_missing(r.get(n)) for n in names) for r in rows]

@@ -15,7 +15,7 @@ import duckdb
 import pyarrow as pa
 
 from scaletot_features.data.io import parquet_files
-from scaletot_features.profile import ProfileSchema, is_missing
+from scaletot_features.profile import ProfileSchema
 
 SPARSITY = "sparsity_bucket"
 
@@ -129,7 +129,3 @@ def population_segments(profiles: Path, schema: ProfileSchema, strata: list[str]
         return con.sql(segment_table(profiles, schema, strata)).to_arrow_table()
     finally:
         con.close()
-
-
-def row_sparsity(row: dict, schema: ProfileSchema) -> int:
-    return sum(not is_missing(row.get(f.name)) for f in schema.optional)

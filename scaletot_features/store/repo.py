@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -482,8 +481,3 @@ def request_keys(fs: "FeatureStore", wanted: Any) -> list[str]:
         if not isinstance(wanted, list) else {r.partition(":")[0] for r in wanted}
     return [f.name for odfv in fs.list_on_demand_feature_views() if odfv.name in views
             for src in odfv.source_request_sources.values() for f in src.schema]
-
-
-def remove_repo(data_dir: Path | str, repo_dir: Path | str | None = None) -> None:
-    """Delete the dataset's repository folder (registry and SQLite online store included)."""
-    shutil.rmtree(repo_path(data_dir, repo_dir), ignore_errors=True)
