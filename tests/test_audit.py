@@ -85,7 +85,7 @@ def test_profile_matrix_one_hot_numbers_with_missing_flags_and_words() -> None:
 
 
 @pytest.mark.parametrize("n", [10, 37])
-def test_profile_ridge_is_cross_validated_out_of_fold(n: int) -> None:
+def test_the_fold_ridge_recovers_a_linear_signal(n: int) -> None:
     from trainers.audit import _oof_ridge
 
     rng = np.random.default_rng(0)

@@ -99,20 +99,21 @@ def test_prefix_cache_reuses_shared_tokens_and_changes_no_score(tiny_backend: Tr
     longer = first + " retired. Their spending is"
     sibling = PROFILE.replace("retired schoolteacher", "college student") + " This user is"
     conts = [" low", " high.", " moderate and steady."]
-    want = {p: naive_scores(tiny_backend, [p] * 3, conts) for p in (first, longer, sibling)}
-    for prompt in (first, longer, sibling, first):
+    cont_tokens = sum(len(tiny_backend.continuation_ids(c)) for c in conts)
+    ids = {p: tiny_backend.prefix_ids(p) for p in (first, longer, sibling)}
+    shared = _common(ids[sibling], ids[longer])
+    assert 8 <= shared < len(ids[sibling])  # the case is a real partial reuse
+    expected_new = [(first, len(ids[first])), (longer, len(ids[longer]) - len(ids[first])),
+                    (sibling, len(ids[sibling]) - shared), (first, 0)]
+    for prompt, new_tokens in expected_new:
+        want = naive_scores(tiny_backend, [prompt] * 3, conts)
         before = tiny_backend.usage.prompt_tokens
-        assert_logprobs_close(tiny_backend.score_continuations(prompt, conts), want[prompt])
-        ran = tiny_backend.usage.prompt_tokens - before - sum(len(tiny_backend.continuation_ids(c)) for c in conts)
-        seen = {first: 0, longer: len(tiny_backend.prefix_ids(first)),
-                sibling: _common(tiny_backend.prefix_ids(sibling), tiny_backend.prefix_ids(longer))}
-        if prompt == first and ran == 0:  # the exact repeat runs nothing new
-            continue
-        assert ran == len(tiny_backend.prefix_ids(prompt)) - seen[prompt]
+        assert_logprobs_close(tiny_backend.score_continuations(prompt, conts), want)
+        assert tiny_backend.usage.prompt_tokens - before - cont_tokens == new_tokens
     tiny_backend.clear_prefix_cache()
     before = tiny_backend.usage.prompt_tokens
     tiny_backend.score_continuations(first, conts)
-    assert tiny_backend.usage.prompt_tokens - before > len(tiny_backend.prefix_ids(first))
+    assert tiny_backend.usage.prompt_tokens - before - cont_tokens == len(ids[first])
 
 
 def _common(a: list[int], b: list[int]) -> int:

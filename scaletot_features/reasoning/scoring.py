@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import scipy.special
 
 from scaletot_features.llm.backend import LLMBackend
 from scaletot_features.reasoning import prompts
@@ -54,9 +55,7 @@ class NodeDistribution:
 
 
 def log_softmax(scores: np.ndarray) -> np.ndarray:
-    s = np.asarray(scores, dtype=np.float64)
-    s = s - s.max()
-    return s - np.log(np.exp(s).sum())
+    return scipy.special.log_softmax(np.asarray(scores, dtype=np.float64))
 
 
 def normalise(scores: np.ndarray) -> NodeDistribution:
