@@ -117,8 +117,10 @@ def test_generated_repository_and_registry(data_dir, store):
     config = yaml.safe_load((repo / "feature_store.yaml").read_text())
     assert config["offline_store"]["type"] == "duckdb"
     assert config["online_store"] == {"type": "sqlite", "path": "online_store.db"}
-    assert (repo / "features.py").read_text() == \
-        (REPO_ROOT / "feature_repo" / "features.py").read_text()
+    shipped = REPO_ROOT / "scaletot_features" / "store" / "feast_repo" / "features.py"
+    # the generated copy and the project's feature_repo/ are the file the package ships
+    assert (repo / "features.py").read_text() == shipped.read_text()
+    assert (REPO_ROOT / "feature_repo" / "features.py").read_text() == shipped.read_text()
 
     views = {v.name: v for v in store.list_feature_views()}
     assert set(views) == {"user_profile", "user_states", "user_embedding", "ltv_labels"}

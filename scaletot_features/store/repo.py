@@ -2,10 +2,10 @@
 
 ``apply_repo(DIR)`` writes ``DIR/feast/``: a ``feature_store.yaml`` generated from the store
 configuration (offline DuckDB; online SQLite, Redis or Postgres; local or Ray materialization)
-and a copy of the project's ``feature_repo/features.py``, which reads every schema from DIR. That
-folder is a complete Feast repository: ``cd DIR/feast && feast apply && feast
-materialize-incremental $(date -u +%FT%T) && feast serve`` works with no environment variables,
-and so do the functions here. Registry and online store live inside it (relative paths, so the
+and the ``features.py`` shipped in this package (``store/feast_repo/``), which reads every schema
+from DIR through ``store/definitions.py``. That folder is a complete Feast repository: ``cd
+DIR/feast && feast apply && feast materialize-incremental $(date -u +%FT%T) && feast serve``
+works with no environment variables, and so do the functions here. Registry and online store live inside it (relative paths, so the
 dataset directory can move).
 
 Functions for the CLI (signatures in docs/feast.md): :func:`apply_repo`, :func:`materialize`
@@ -18,6 +18,7 @@ Feast is imported inside the functions: it costs about 8 s (it imports torch).
 from __future__ import annotations
 
 import importlib.util
+from importlib import resources
 import os
 import sys
 import tempfile
@@ -47,8 +48,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from scaletot_features.config import Settings
 
-FEATURE_REPO_ENV = "SCALETOT_FEATURE_REPO"
-"""A folder holding the ``features.py`` to copy (default: the project's ``feature_repo/``)."""
+SHIPPED_REPO = "feast_repo"
+"""The Feast repository that ships inside this package (its ``features.py``)."""
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 DEFAULT_SERVICES = ("ltv_with_reasoning", "ltv_profile_only")
 
@@ -87,14 +88,9 @@ Gate = Callable[[Path, "Settings | None"], GateOutcome]
 # --------------------------------------------------------------------------- paths and config
 
 
-def feature_repo_template() -> Path:
-    """The folder whose ``features.py`` every generated repository copies."""
-    env = os.environ.get(FEATURE_REPO_ENV)
-    folder = Path(env) if env else Path(__file__).resolve().parents[2] / "feature_repo"
-    if not (folder / FEAST_DEFINITIONS).exists():
-        raise StoreError(f"no {FEAST_DEFINITIONS} in {folder}: set {FEATURE_REPO_ENV} to the project's "
-                         "feature_repo/ folder")
-    return folder
+def shipped_definitions() -> str:
+    """The ``features.py`` every generated repository gets: package data of this package."""
+    return (resources.files(__package__) / SHIPPED_REPO / FEAST_DEFINITIONS).read_text()
 
 
 def repo_path(data_dir: Path | str, repo_dir: Path | str | None = None) -> Path:
@@ -167,7 +163,7 @@ def write_repo(data_dir: Path | str, cfg: StoreConfig | None = None,
               "# (online_store, batch_engine, ...) and run `scaletot features apply` again.\n")
     _write_text_atomic(FeastLayout(repo).config, header + yaml.safe_dump(config, sort_keys=False))
     _write_text_atomic(FeastLayout(repo).definitions,
-                       (feature_repo_template() / FEAST_DEFINITIONS).read_text())
+                       shipped_definitions())
     return repo
 
 
