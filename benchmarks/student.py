@@ -64,7 +64,7 @@ def train_stage(data: Path, preset: str, overrides: dict, stage: str) -> dict:
 
 def evaluate(name: str, backend, texts: dict[int, str], teacher: dict[int, dict], labels: dict[int, dict],
              taxonomy, buckets, free_sample: int, batch_size: int) -> dict:
-    from scaletot_features.reasoning.student import infer_table
+    from scaletot_features.reasoning.student_inference import infer_table
     from trainers.osipo_reward import outcome_reward
 
     t0 = time.perf_counter()
@@ -136,7 +136,7 @@ def main() -> None:
     from rich.table import Table
 
     from scaletot_features.llm.hf import TransformersBackend
-    from scaletot_features.reasoning.student import profile_texts, student_model_id
+    from scaletot_features.reasoning.student_inference import profile_texts, student_model_id
     from trainers.osipo_reward import outcome_reward
     from trainers.sft import split_user_ids
     from scaletot_features.runtime import torch_threads

@@ -15,7 +15,7 @@ from scaletot_features.data.io import read_table
 from scaletot_features.dataset import DatasetLayout
 from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA
 from scaletot_features.reasoning.prompts import student_prompt
-from scaletot_features.reasoning.student import chain_tokens, encode_prompt, segment_masks
+from scaletot_features.reasoning.chain_tokens import chain_tokens, encode_prompt, sequence_segments
 from scaletot_features.taxonomy import DEFAULT_TAXONOMY as TAX, StateType, Taxonomy
 from trainers.osipo_config import OSIPOConfig
 from trainers.osipo_reward import DEFAULT_OUTCOME_BUCKETS, REWARD_INVALID, outcome_reward
@@ -55,13 +55,14 @@ def taxonomy_and_chain(draw):
 
 @hsettings(max_examples=150, deadline=None)
 @given(case=taxonomy_and_chain())
-def test_segment_masks_partition_exactly_the_chain_tokens(tokenizer, case):
+def test_segments_partition_exactly_the_chain_tokens(tokenizer, case):
     tax, values, profile = case
     text = chain_text(values)
     prompt = student_prompt(profile, tax)
     pids = encode_prompt(tokenizer, prompt)
     chain = chain_tokens(tokenizer, text)
-    masks = segment_masks(len(pids), chain, len(tax.types))
+    # The trainer's segment ids (batch_tensors), as one boolean mask per segment.
+    masks = np.array(sequence_segments(len(pids), chain)) == np.arange(len(tax.types))[:, None]
     # Each chain token in exactly one segment; no prompt token in any.
     assert masks.sum(axis=0).tolist() == [0] * len(pids) + [1] * len(chain.ids)
     # Segment s is node s's line and the newline that ends it, nothing else.
@@ -209,7 +210,7 @@ def test_osipo_runs_on_the_tiny_model_and_changes_the_weights(tiny_model_dir, ti
     from peft import LoraConfig
 
     from scaletot_features.llm.hf import TransformersBackend
-    from scaletot_features.reasoning.student import ConstrainedDecoder
+    from scaletot_features.reasoning.constrained_decoder import ConstrainedDecoder
 
     model, tok = load_model(tiny_model_dir)
     before = {k: v.clone() for k, v in model.state_dict().items()}

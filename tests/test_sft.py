@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from scaletot_features.config import build_settings
+from scaletot_features.dataset import STUDENT_MANIFEST
 from scaletot_features.llm.hf import TransformersBackend
-from scaletot_features.reasoning.student import STUDENT_MANIFEST
 from trainers.sft import ensure_split, make_split, sft_records, split_path, train_sft
 from trainers.teach import load_chains, teach
 

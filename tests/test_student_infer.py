@@ -12,10 +12,10 @@ import torch
 from scaletot_features.chain import ChainParseError, chain_text, parse_chain_values, segment_spans
 from scaletot_features.config import build_settings
 from scaletot_features.data.io import read_table
+from scaletot_features.dataset import student_chain_schema
+from scaletot_features.reasoning.chain_tokens import chain_tokens, encode_prompt
+from scaletot_features.reasoning.constrained_decoder import ConstrainedDecoder
 from scaletot_features.reasoning.prompts import student_prompt
-from scaletot_features.reasoning.student import (
-    ConstrainedDecoder, chain_tokens, encode_prompt, student_chain_schema,
-)
 from scaletot_features.taxonomy import DEFAULT_TAXONOMY as TAX
 from trainers.student_stage import covered_user_ids, run_inference, student_paths, train_student
 from trainers.teach import teach

@@ -296,7 +296,8 @@ def prompt_tokens(data_dir: Path, settings: Settings, user_ids: np.ndarray) -> n
 
     from scaletot_features.llm.packaged import set_offline_env
     from scaletot_features.reasoning.prompts import student_prompt
-    from scaletot_features.reasoning.student import encode_prompt, profile_texts
+    from scaletot_features.reasoning.chain_tokens import encode_prompt
+    from scaletot_features.reasoning.student_inference import profile_texts
     from trainers.student_stage import final_student_dir
 
     set_offline_env()

@@ -3,7 +3,7 @@
 The paper publishes no equations; this project defines OSIPO as follows, per step:
 
 1. **Rollouts.** For each profile in the batch the policy samples G chains node by node over each
-   type's allowed values (:class:`~scaletot_features.reasoning.student.ConstrainedDecoder`):
+   type's allowed values (:class:`~scaletot_features.reasoning.constrained_decoder.ConstrainedDecoder`):
    every rollout is a valid chain, and a CPU can afford it.
 2. **Outcome reward** R(chain): mean agreement of the outcome-bearing nodes with the user's
    realised outcome bucket (``outcome_reward``); an invalid chain would get the minimum.
@@ -37,9 +37,10 @@ import torch
 import torch.nn.functional as F
 from trl.trainer.utils import add_fused_lm_head
 
-from scaletot_features.reasoning.student import (
-    ChainTokens, ConstrainedDecoder, causal_lm, chain_tokens, encode_prompt,
+from scaletot_features.reasoning.chain_tokens import (
+    ChainTokens, chain_tokens, encode_prompt, sequence_segments,
 )
+from scaletot_features.reasoning.constrained_decoder import ConstrainedDecoder
 from scaletot_features.chain import chain_text
 from scaletot_features.taxonomy import Taxonomy
 from trainers.osipo_config import OSIPOConfig
@@ -208,7 +209,7 @@ class OSIPOTrainer:
                 room = self.args.max_length - len(chain.ids)
                 prompt = p.prompt_ids[-room:] if room > 0 else p.prompt_ids[-1:]
                 seqs.append(prompt + chain.ids)
-                segs.append([-1] * len(prompt) + chain.segments)
+                segs.append(sequence_segments(len(prompt), chain))
         width = max(map(len, seqs))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=self.device)

@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 from scaletot_features.config import Settings
 from scaletot_features.data.io import atomic_dir, write_parquet_atomic
 from scaletot_features.reasoning.prompts import student_prompt
-from scaletot_features.dataset import STUDENT_SPLIT_SCHEMA, DatasetLayout
-from scaletot_features.reasoning.student import STUDENT_MANIFEST, profile_texts
+from scaletot_features.dataset import STUDENT_MANIFEST, STUDENT_SPLIT_SCHEMA, DatasetLayout
+from scaletot_features.reasoning.student_inference import profile_texts
 
 SPLIT_SCHEMA = STUDENT_SPLIT_SCHEMA
 

@@ -191,7 +191,7 @@ def run_inference(data_dir: Path, settings: Settings, user_ids: Sequence[int] | 
                   progress: bool = True) -> dict[str, Any]:
     """Student chains + representations for ``user_ids`` (default: every covered user) into
     ``out_dir`` (default DIR/student/chains)."""
-    from scaletot_features.reasoning.student import write_student_chains
+    from scaletot_features.reasoning.student_inference import write_student_chains
 
     data_dir = Path(data_dir)
     ids = list(user_ids) if user_ids is not None else covered_user_ids(data_dir)

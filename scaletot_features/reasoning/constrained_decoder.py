@@ -1,121 +1,36 @@
-"""The student's reasoning: chain tokens and segments, constrained decoding, representations.
+"""Constrained node-by-node decoding of typed chains, and the representations it captures.
 
-Used by the student trainers (SFT, OSIPO: ``trainers/``) and by student inference, which writes
-``DIR/student/chains/part-*.parquet`` (DESIGN.md 4.6, stage contract in docs):
+Node by node, the model scores every allowed value of the next type given the prompt and the
+chain so far (the sum of the value's token log-probs), then commits the argmax (inference), a
+tempered sample (OSIPO rollouts) or a given value (teacher forcing). The output is always a valid
+chain. The KV cache is kept across nodes, so each node costs a few tokens, not a pass over the
+prompt: on a CPU this is what makes rollouts affordable.
 
-- **Segments.** A chain's text has one line per typed node; its tokens are split into one segment
-  per node by the characters they start at (:func:`chain_tokens`). A token belongs to the node
-  whose line (plus the newline that ends it) contains its first character, so every chain token
-  is in exactly one segment and no prompt token is in any.
-- **Constrained decoding** (:class:`ConstrainedDecoder`). Node by node, the model scores every
-  allowed value of the next type given the prompt and the chain so far (the sum of the value's
-  token log-probs), then commits the argmax (inference), a tempered sample (OSIPO rollouts) or a
-  given value (teacher forcing). The output is always a valid chain. The KV cache is kept across
-  nodes, so each node costs a few tokens, not a pass over the prompt: on a CPU this is what makes
-  rollouts affordable.
-- **Free generation** (``decode="free"``): the model writes the text itself and the strict parser
-  (:func:`scaletot_features.chain.parse_chain_values`) judges it; the invalid rate is counted.
-  It is slow on a CPU: use it on small samples.
-- **Representations**: the last layer's hidden states mean-pooled over the chain's tokens, and
-  over each node's line (the same rule as ``TransformersBackend.hidden_states`` with spans), taken
-  from the decoding pass itself (no second forward over the prompt).
+**Representations**: the last layer's hidden states mean-pooled over the chain's tokens, and over
+each node's line (the same rule as ``TransformersBackend.hidden_states`` with spans), taken from
+the decoding pass itself (no second forward over the prompt).
 """
 
 from __future__ import annotations
 
-import bisect
-import copy
-import inspect
-import json
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
-from scaletot_features.chain import (
-    ChainParseError, KEY_SEPARATOR, NODE_SEPARATOR, chain_text, parse_chain_values, segment_spans,
+from scaletot_features.chain import KEY_SEPARATOR, NODE_SEPARATOR, chain_text
+from scaletot_features.reasoning.chain_tokens import encode_prompt
+from scaletot_features.reasoning.kv_cache import (
+    cache_argument, output_cache, select_cache_rows, truncate_cache,
 )
-from scaletot_features.data.io import PartWriter, atomic_dir, read_table
-from scaletot_features.dataset import (  # noqa: F401 (STUDENT_MANIFEST, the schema: re-exported)
-    STUDENT_MANIFEST, DatasetLayout, prob_column, student_chain_schema, student_manifest,
-    value_column,
-)
-from scaletot_features.profile import ProfileSchema
-from scaletot_features.reasoning.prompts import student_prompt
 from scaletot_features.taxonomy import Taxonomy
-
-# ---- tokens and segments -------------------------------------------------------------------
-
-
-def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
-    """Prompt tokens with the tokenizer's own special tokens (as TRL and the backends do)."""
-    return list(tokenizer(prompt).input_ids)
-
-
-@dataclass(frozen=True)
-class ChainTokens:
-    """A chain's tokens (tokenised alone, no special tokens) and the segment of each token."""
-
-    ids: list[int]
-    segments: list[int]
-
-
-def chain_tokens(tokenizer: Any, text: str) -> ChainTokens:
-    """Tokenise chain text and give each token the node whose line holds its first character.
-
-    Line s covers ``[start_s, start_{s+1})``: its text and the newline that ends it.
-    """
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    starts = [s for s, _ in segment_spans(text)]
-    segs = [max(bisect.bisect_right(starts, a) - 1, 0) for a, _ in enc["offset_mapping"]]
-    return ChainTokens(list(enc["input_ids"]), segs)
-
-
-def segment_masks(prompt_len: int, chain: ChainTokens, n_segments: int) -> np.ndarray:
-    """Boolean (n_segments, prompt_len + len(chain.ids)) masks over the full sequence."""
-    masks = np.zeros((n_segments, prompt_len + len(chain.ids)), dtype=bool)
-    for j, s in enumerate(chain.segments):
-        masks[s, prompt_len + j] = True
-    return masks
-
-
-# ---- the model behind a backend, PEFT wrapper or not ---------------------------------------
 
 
 def causal_lm(model: Any) -> Any:
     """The ``*ForCausalLM`` inside a PEFT wrapper (LoRA layers stay injected), else the model."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _cache_kw(module: Any) -> str:
-    """transformers 5.24 calls the KV cache ``cache``; 5.20 (the GPU pins) ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
-
-
-def _out_cache(out: Any) -> Any:
-    return out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
-
-
-def _select_rows(cache: Any, index: torch.Tensor) -> Any:
-    """A new cache holding rows ``index`` of ``cache`` (which is left as it was)."""
-    new = copy.copy(cache)
-    new.layers = []
-    for layer in cache.layers:
-        lay = copy.copy(layer)
-        if getattr(layer, "is_initialized", True) and getattr(layer, "keys", None) is not None:
-            lay.keys = layer.keys.index_select(0, index)
-            lay.values = layer.values.index_select(0, index)
-        new.layers.append(lay)
-    return new
-
-
-# ---- constrained node-by-node decoding -----------------------------------------------------
 
 
 @dataclass
@@ -161,7 +76,7 @@ class ConstrainedDecoder:
         self.lm = causal_lm(model)
         self.decoder = self.lm.get_decoder() if hasattr(self.lm, "get_decoder") else self.lm.model
         self.head = self.lm.get_output_embeddings()
-        self.cache_kw = _cache_kw(self.decoder)
+        self.cache_kw = cache_argument(self.decoder)
         self.tokenizer = tokenizer
         self.taxonomy = taxonomy
         self.batch_size = batch_size
@@ -253,9 +168,9 @@ class ConstrainedDecoder:
         kwargs = {self.cache_kw: state.cache} if state is not None else {}
         out = self.decoder(input_ids=ids, attention_mask=mask4d, position_ids=pos, use_cache=True,
                            **kwargs)
-        cache = _out_cache(out)
+        cache = output_cache(out)
         if nb:
-            _truncate(cache, past.shape[1] + width)
+            truncate_cache(cache, past.shape[1] + width)
         return out.last_hidden_state, m, _State(cache, torch.cat([past, m], 1), start + m.sum(1))
 
     def _logprobs(self, h: torch.Tensor) -> torch.Tensor:
@@ -315,7 +230,7 @@ class ConstrainedDecoder:
         width = m.shape[1]
         rep = torch.arange(len(prompts), device=dev).repeat_interleave(samples)
         h = h[rep]
-        state = _State(_select_rows(state.cache, rep), state.mask[rep], state.next_pos[rep])
+        state = _State(select_cache_rows(state.cache, rep), state.mask[rep], state.next_pos[rep])
         line0 = [0 if inl else -1 for inl in self.header_in_line[0]]
         pool(h[:, :width], [[-2] * len(pids[i]) + line0 for i in rep.tolist()])
 
@@ -355,17 +270,6 @@ class ConstrainedDecoder:
         return out
 
 
-def _truncate(cache: Any, length: int) -> None:
-    """Keep the first ``length`` positions of every layer of a full-attention cache."""
-    for layer in cache.layers:
-        if getattr(layer, "is_sliding", False):
-            raise NotImplementedError("constrained decoding needs a full-attention KV cache; this "
-                                      "model uses a sliding-window one")
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            layer.keys = layer.keys[..., :length, :]
-            layer.values = layer.values[..., :length, :]
-
-
 def _concat(parts: list[Decoded], n_seg: int, hidden: int) -> Decoded:
     if not parts:
         return Decoded([], np.zeros((0, n_seg)), np.zeros((0, n_seg)))
@@ -375,162 +279,3 @@ def _concat(parts: list[Decoded], n_seg: int, hidden: int) -> Decoded:
         out.representation = np.concatenate([p.representation for p in parts])
         out.segment_representations = np.concatenate([p.segment_representations for p in parts])
     return out
-
-
-# ---- student inference over users -----------------------------------------------------------
-
-
-def profile_texts(data_dir: Path, user_ids: Sequence[int], schema: ProfileSchema) -> dict[int, str]:
-    """user_id -> the profile as prompt text, for the requested users (an unknown id is an error)."""
-    profiles = read_table(DatasetLayout(Path(data_dir)).profiles)
-    rows = profiles.filter(pc.is_in(profiles.column("user_id"),
-                                    value_set=pa.array(list(user_ids), pa.int64()))).to_pylist()
-    out = {r["user_id"]: schema.to_text(r) for r in rows}
-    missing = [u for u in user_ids if u not in out]
-    if missing:
-        raise KeyError(f"{len(missing)} requested users have no profile, e.g. user_id={missing[0]}")
-    return out
-
-
-def student_model_id(model_dir: Path) -> str:
-    """Provenance of a student folder: its stage and the base model it was trained from."""
-    meta_path = student_manifest(model_dir)
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        return f"student-{meta.get('stage', '?')}({meta.get('base_model_id', '?')})"
-    return str(Path(model_dir).resolve())
-
-
-@dataclass
-class InferenceSummary:
-    users: int
-    valid: int
-    invalid_rate: float
-    seconds: float
-    users_per_s: float
-    decode: str
-    model_id: str
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-def infer_table(backend: Any, texts: dict[int, str], taxonomy: Taxonomy, decode: str = "constrained",
-                batch_size: int = 16, max_new_tokens: int | None = None,
-                model_id: str | None = None, progress: bool = False) -> pa.Table:
-    """Student chains and representations for ``texts`` (user_id -> profile text), in that order.
-
-    ``backend`` is a :class:`~scaletot_features.llm.hf.TransformersBackend` (its model and
-    tokenizer are used directly). ``decode="constrained"`` (always valid) or ``"free"``: greedy
-    generation parsed strictly; an invalid chain has null values and representations and its
-    parser message in ``error``; a valid one gets probabilities and representations from a
-    teacher-forced constrained pass over the values it wrote.
-    """
-    if decode not in ("constrained", "free"):
-        raise ValueError(f"decode must be 'constrained' or 'free', got {decode!r}")
-    dec = ConstrainedDecoder(backend.model, backend.tokenizer, taxonomy, batch_size=batch_size)
-    ids = list(texts)
-    model_id = model_id or backend.model_id
-    records: list[dict] = []
-    for chunk in _progress_chunks(ids, batch_size, progress, f"student ({decode})"):
-        prompts = [student_prompt(texts[u], taxonomy) for u in chunk]
-        if decode == "constrained":
-            d = dec.decode(prompts, capture_hidden=True)
-            records += _records(chunk, d, [None] * len(chunk), taxonomy, model_id)
-            continue
-        n_new = max_new_tokens or _max_chain_tokens(dec) + 8
-        generated = backend.generate(prompts, max_new_tokens=n_new, temperature=0.0)
-        parsed: list[dict[str, str] | None] = []
-        errors: list[str | None] = []
-        for g in generated:
-            try:
-                parsed.append(parse_chain_values(g, taxonomy))
-                errors.append(None)
-            except ChainParseError as e:
-                parsed.append(None)
-                errors.append(str(e))
-        ok = [i for i, p in enumerate(parsed) if p is not None]
-        forced = dec.decode([prompts[i] for i in ok], forced=[list(parsed[i].values()) for i in ok],
-                            capture_hidden=True) if ok else None
-        recs: list[dict] = [{} for _ in chunk]
-        if forced is not None:
-            for r, i in zip(_records([chunk[i] for i in ok], forced, [None] * len(ok), taxonomy,
-                                     model_id), ok):
-                recs[i] = r
-        for i, (u, g, e) in enumerate(zip(chunk, generated, errors)):
-            if e is not None:
-                recs[i] = _invalid_record(u, g, e, taxonomy, model_id)
-        records += recs
-    return pa.Table.from_pylist(records, schema=student_chain_schema(taxonomy))
-
-
-def _records(users: list[int], d: Decoded, errors: list[str | None], taxonomy: Taxonomy,
-             model_id: str) -> list[dict]:
-    out = []
-    for i, u in enumerate(users):
-        vals = dict(zip(taxonomy.type_names, d.values[i]))
-        rec = {"user_id": u, "chain_text": chain_text(vals), "valid": True, "error": errors[i],
-               "provenance": "student", "model_id": model_id,
-               "representation": d.representation[i].tolist(),
-               "segment_representations": d.segment_representations[i].tolist()}
-        for k, t in enumerate(taxonomy.type_names):
-            rec[value_column(t)] = vals[t]
-            rec[prob_column(t)] = float(d.probs[i, k])
-        out.append(rec)
-    return out
-
-
-def _invalid_record(user: int, text: str, error: str, taxonomy: Taxonomy, model_id: str) -> dict:
-    rec = {"user_id": user, "chain_text": text, "valid": False, "error": error,
-           "provenance": "student", "model_id": model_id, "representation": None,
-           "segment_representations": None}
-    for t in taxonomy.type_names:
-        rec[value_column(t)] = None
-        rec[prob_column(t)] = None
-    return rec
-
-
-def _max_chain_tokens(dec: ConstrainedDecoder) -> int:
-    return sum(len(h) + max(map(len, c)) for h, c in zip(dec.headers, dec.candidates))
-
-
-def _progress_chunks(ids: list[int], size: int, enabled: bool, label: str) -> Iterator[list[int]]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    cols = [TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*cols, disable=not enabled, transient=False) as bar:
-        task = bar.add_task(label, total=len(ids))
-        for start in range(0, len(ids), size):
-            yield ids[start:start + size]
-            bar.advance(task, min(size, len(ids) - start))
-
-
-def write_student_chains(data_dir: Path, model_dir: Path, user_ids: Sequence[int], taxonomy: Taxonomy,
-                         schema: ProfileSchema, out_dir: Path | None = None,
-                         decode: str = "constrained", batch_size: int = 16, part_rows: int = 256,
-                         overwrite: bool = False, progress: bool = True) -> InferenceSummary:
-    """Run the student in ``model_dir`` over ``user_ids`` and write ``out_dir`` (default
-    DIR/student/chains) as parquet parts, atomically: the folder appears whole or not at all."""
-    from scaletot_features.llm.hf import TransformersBackend
-
-    data_dir = Path(data_dir)
-    out_dir = Path(out_dir) if out_dir is not None else DatasetLayout(data_dir).student.chains
-    texts = profile_texts(data_dir, user_ids, schema)
-    texts = {u: texts[u] for u in user_ids}
-    backend = TransformersBackend(model_dir, batch_size=batch_size)
-    model_id = student_model_id(model_dir)
-    t0 = time.perf_counter()
-    valid = 0
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        writer = PartWriter(tmp, student_chain_schema(taxonomy))
-        ids = list(texts)
-        for start in range(0, max(len(ids), 1), part_rows):
-            part = {u: texts[u] for u in ids[start:start + part_rows]}
-            table = infer_table(backend, part, taxonomy, decode, batch_size, model_id=model_id,
-                                progress=progress)
-            valid += int(pc.sum(table.column("valid")).as_py() or 0)
-            writer.write(table)
-    seconds = time.perf_counter() - t0
-    n = len(texts)
-    return InferenceSummary(n, valid, 1 - valid / n if n else 0.0, seconds,
-                            n / seconds if seconds else 0.0, decode, model_id)
