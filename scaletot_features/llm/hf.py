@@ -29,6 +29,7 @@ from scaletot_features.llm.backend import (
     render_chat,
     start_token_id,
 )
+from scaletot_features.llm.kv_cache import cache_argument, output_cache
 from scaletot_features.llm.packaged import model_id_for, resolve_model, set_offline_env
 
 # Reusing a cached prefix costs a deep copy of its KV cache: below this many shared tokens,
@@ -67,10 +68,8 @@ class TransformersBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
         lm: Any = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=dtype)
         self.model: Any = lm.to(self.device).eval()
-        # transformers 5.24 renamed the KV-cache argument `past_key_values` to `cache`; the GPU
-        # environment pins 5.20, so use whichever name this version's forward takes.
+        self._cache_kw = cache_argument(self.model)
         params = inspect.signature(self.model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
         # The prefix pass needs the last position's logits only: skip the rest of the LM head.
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         tok = self.tokenizer
@@ -166,7 +165,7 @@ class TransformersBackend:
         kwargs = {self._cache_kw: cache} if cache is not None else {}
         out = self.model(input_ids=self._tensor([pids[shared:]]), use_cache=True,
                          **kwargs, **self._last_only)
-        cache = out["cache"] if "cache" in out.keys() else out["past_key_values"]
+        cache = output_cache(out)
         first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         if self.prefix_cache_size > 0 and getattr(cache, "is_croppable", True):
             self._prefixes[tuple(pids)] = (cache, first)

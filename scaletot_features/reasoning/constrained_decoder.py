@@ -22,7 +22,7 @@ import torch
 
 from scaletot_features.chain import KEY_SEPARATOR, NODE_SEPARATOR, chain_text
 from scaletot_features.reasoning.chain_tokens import encode_prompt
-from scaletot_features.reasoning.kv_cache import (
+from scaletot_features.llm.kv_cache import (
     cache_argument, output_cache, select_cache_rows, truncate_cache,
 )
 from scaletot_features.taxonomy import Taxonomy

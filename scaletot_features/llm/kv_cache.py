@@ -1,7 +1,8 @@
 """The model's KV cache, handled the same on transformers 5.20 and 5.24.
 
-The constrained decoder keeps one cache across a chain's nodes: it gives it back to the model,
-copies rows of it (one per sample of a prompt) and cuts the scored candidate block off it.
+The transformers backend reuses a prompt prefix's cache across requests; the student's
+constrained decoder keeps one cache across a chain's nodes: it gives it back to the model, copies
+rows of it (one per sample of a prompt) and cuts the scored candidate block off it.
 """
 
 from __future__ import annotations
