@@ -311,7 +311,8 @@ def main() -> None:
     from scaletot_features.data.io import write_json_atomic
     from scaletot_features.dataset import DatasetLayout
     from scaletot_features.store import StoreConfig
-    from scaletot_features.store.repo import apply_repo, materialize
+    from scaletot_features.store.repo import apply_repo
+    from scaletot_features.store.materialize import materialize
     from validation.gate import reasoning_gate
 
     console = Console()

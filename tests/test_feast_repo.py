@@ -63,7 +63,8 @@ def copy_dataset(src: Path, dst: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from scaletot_features.store.repo import apply_repo, materialize
+    from scaletot_features.store.repo import apply_repo
+    from scaletot_features.store.materialize import materialize
     from validation.gate import reasoning_gate
 
     d = build_feature_dataset(tmp_path_factory.mktemp("feast") / "data")
@@ -137,7 +138,8 @@ def test_generated_repository_and_registry(data_dir, store):
 
 
 def test_apply_is_idempotent_and_drops_removed_objects(data_dir, store, tmp_path):
-    from scaletot_features.store.repo import apply_repo, get_store, materialize
+    from scaletot_features.store.repo import apply_repo, get_store
+    from scaletot_features.store.materialize import materialize
 
     d = copy_dataset(data_dir, tmp_path / "data")
     apply_repo(d)
@@ -179,7 +181,7 @@ def test_online_values_equal_the_offline_tables(store, features_table, profiles)
 
 
 def test_materialize_is_incremental(data_dir):
-    from scaletot_features.store.repo import materialize
+    from scaletot_features.store.materialize import materialize
 
     report = materialize(data_dir)
     assert report["rows"] == 0  # nothing new since the fixture's run
@@ -187,7 +189,8 @@ def test_materialize_is_incremental(data_dir):
 
 
 def test_gate_failure_stops_materialization(data_dir, tmp_path):
-    from scaletot_features.store.repo import GateFailedError, apply_repo, get_store, materialize
+    from scaletot_features.store.repo import apply_repo, get_store
+    from scaletot_features.store.materialize import GateFailedError, materialize
     from validation.gate import reasoning_gate
 
     d = copy_dataset(data_dir, tmp_path / "data")
@@ -216,7 +219,8 @@ def test_gate_failure_stops_materialization(data_dir, tmp_path):
 def test_no_leakage_point_in_time(data_dir, tmp_path):
     """A feature row dated after an entity's timestamp never reaches that entity."""
     from scaletot_features.data.io import read_table
-    from scaletot_features.store.repo import apply_repo, historical_features
+    from scaletot_features.store.repo import apply_repo
+    from scaletot_features.store.retrieval import historical_features
 
     d = copy_dataset(data_dir, tmp_path / "data")
     feats = read_table(d / "features" / "reasoning_features")
@@ -260,7 +264,8 @@ def test_no_leakage_point_in_time(data_dir, tmp_path):
 
 
 def test_historical_features_default_service_and_files(data_dir, tmp_path, features_table):
-    from scaletot_features.store.repo import StoreError, historical_features
+    from scaletot_features.store.repo import StoreError
+    from scaletot_features.store.retrieval import historical_features
 
     ids = [5, 3, 1, 4]
     entity = pd.DataFrame({"user_id": ids, "timestamp": pd.Timestamp("2030-01-01", tz="UTC")})
@@ -303,7 +308,7 @@ def test_live_view_online_equals_batch_features(store, features_table, profiles)
 
 def test_live_view_in_historical_retrieval_tolerates_missing(data_dir, tmp_path, features_table,
                                                                profiles):
-    from scaletot_features.store.repo import historical_features
+    from scaletot_features.store.retrieval import historical_features
 
     ids = [21, 22]
     rows = [{"user_id": i, "event_timestamp": pd.Timestamp("2030-01-01", tz="UTC"),
@@ -380,7 +385,8 @@ def test_feature_repo_cli_apply_and_materialize_incremental(data_dir, tmp_path):
 def test_ray_compute_engine_materializes_the_same_values(data_dir, store, tmp_path):
     pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[scale]')")
     from scaletot_features.config import StoreConfig
-    from scaletot_features.store.repo import apply_repo, get_store, materialize
+    from scaletot_features.store.repo import apply_repo, get_store
+    from scaletot_features.store.materialize import materialize
 
     # Ray's socket paths must stay under 107 bytes: a short folder, not pytest's tmp_path
     ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")

@@ -69,7 +69,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from scaletot_features.store.repo import apply_repo, materialize
+    from scaletot_features.store.repo import apply_repo
+    from scaletot_features.store.materialize import materialize
     from validation.gate import reasoning_gate
 
     d = build_feature_dataset(tmp_path_factory.mktemp("serve") / "data")

@@ -80,7 +80,8 @@ def test_hnsw_beyond_the_threshold_records_its_recall(vectors, tmp_path):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    from scaletot_features.store.repo import apply_repo, materialize
+    from scaletot_features.store.repo import apply_repo
+    from scaletot_features.store.materialize import materialize
 
     d = build_feature_dataset(tmp_path_factory.mktemp("lookalike") / "data")
     apply_repo(d)
@@ -123,7 +124,8 @@ def test_index_is_cached_and_rebuilt_when_features_change(data_dir, tmp_path):
     from scaletot_features.store.lookalike import load_or_build_index
     from test_feast_repo import copy_dataset
 
-    from scaletot_features.store.repo import apply_repo, materialize
+    from scaletot_features.store.repo import apply_repo
+    from scaletot_features.store.materialize import materialize
 
     first = load_or_build_index(data_dir)
     meta = DatasetLayout(data_dir).feast.lookalike / "meta.json"
@@ -214,7 +216,8 @@ def test_pgvector_lookalikes_match_faiss(data_dir):
 
     from scaletot_features.config import PostgresOnlineStoreConfig, StoreConfig
     from scaletot_features.store.lookalike import lookalikes
-    from scaletot_features.store.repo import apply_repo, materialize
+    from scaletot_features.store.repo import apply_repo
+    from scaletot_features.store.materialize import materialize
 
     subprocess.run(["apt-get", "install", "-y", "postgresql-15-pgvector"], check=True,
                    capture_output=True, timeout=600)

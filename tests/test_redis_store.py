@@ -84,7 +84,8 @@ def redis_port(tmp_path_factory):
 def stores(tmp_path_factory, redis_port):
     """(SQLite store, Redis store, data dir, Redis materialize report) over one dataset."""
     from scaletot_features.config import RedisOnlineStoreConfig, StoreConfig
-    from scaletot_features.store.repo import apply_repo, get_store, materialize
+    from scaletot_features.store.repo import apply_repo, get_store
+    from scaletot_features.store.materialize import materialize
     from validation.gate import reasoning_gate
 
     d = build_feature_dataset(tmp_path_factory.mktemp("redis-data") / "data")
@@ -137,7 +138,7 @@ def test_live_view_over_redis(stores):
 
 def test_incremental_materialization_into_redis(stores, redis_port):
     from scaletot_features.config import RedisOnlineStoreConfig, StoreConfig
-    from scaletot_features.store.repo import materialize
+    from scaletot_features.store.materialize import materialize
 
     _, _, d, _ = stores
     cfg = StoreConfig(online_store=RedisOnlineStoreConfig(
@@ -148,7 +149,8 @@ def test_incremental_materialization_into_redis(stores, redis_port):
 
 def test_unreachable_redis_is_a_clear_error(stores, tmp_path):
     from scaletot_features.config import RedisOnlineStoreConfig, StoreConfig
-    from scaletot_features.store.repo import apply_repo, materialize
+    from scaletot_features.store.repo import apply_repo
+    from scaletot_features.store.materialize import materialize
 
     _, _, d, _ = stores
     cfg = StoreConfig(online_store=RedisOnlineStoreConfig(

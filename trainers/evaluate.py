@@ -82,7 +82,8 @@ def has_reasoning(data_dir: Path) -> bool:
 
 def training_frame(data_dir: Path, settings: Settings, console: Console) -> pa.Table:
     """Every labelled user with profile, reasoning features and labels, from Feast; cached."""
-    from scaletot_features.store.repo import apply_repo, get_store, historical_features
+    from scaletot_features.store.repo import apply_repo, get_store
+    from scaletot_features.store.retrieval import historical_features
 
     layout = DatasetLayout(data_dir)
     out = layout.eval.frame

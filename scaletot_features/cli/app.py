@@ -259,7 +259,8 @@ app.add_typer(features_app, name="features")
 
 
 def _store_call(fn, *args, **kwargs):
-    from scaletot_features.store.repo import GateFailedError, StoreError
+    from scaletot_features.store.repo import StoreError
+    from scaletot_features.store.materialize import GateFailedError
 
     try:
         return fn(*args, **kwargs)
@@ -285,7 +286,7 @@ def features_materialize(
     config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
 ) -> None:
     """Gate the reasoning features (Great Expectations), then load them into the online store."""
-    from scaletot_features.store.repo import materialize
+    from scaletot_features.store.materialize import materialize
     from validation.gate import reasoning_gate
 
     s = _settings(config, preset)
@@ -304,7 +305,7 @@ def features_historical(
     with_labels: bool = typer.Option(False, "--with-labels", help="Join lt30/revenue_30 too."),
 ) -> None:
     """Point-in-time-correct features for an entity table, written to parquet."""
-    from scaletot_features.store.repo import historical_features
+    from scaletot_features.store.retrieval import historical_features
 
     path = _store_call(historical_features, data_dir, entities, service, out, with_labels=with_labels)
     console.print(f"wrote {path}")

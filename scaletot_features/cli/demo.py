@@ -89,7 +89,8 @@ def run_demo(settings: Settings, console: Console) -> int:
         report = embed_population(layout.root, settings)
         console.print(f"embed: {report['users']:,} users ({report['users_per_s']:,.0f} users/s)")
 
-    from scaletot_features.store.repo import apply_repo, materialize
+    from scaletot_features.store.repo import apply_repo
+    from scaletot_features.store.materialize import materialize
     from validation.gate import reasoning_gate
 
     online = layout.feast.online_store

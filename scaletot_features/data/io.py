@@ -50,16 +50,29 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
         os.rename(tmp, final)
 
 
-def write_parquet_atomic(table: pa.Table, path: Path, **kwargs: Any) -> Path:
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` that replaces it only if the block finishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
     try:
-        pq.write_table(table, tmp, **kwargs)
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+
+
+def write_parquet_atomic(table: pa.Table, path: Path, **kwargs: Any) -> Path:
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp, **kwargs)
+    return Path(path)
+
+
+def write_text_atomic(text: str, path: Path) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def _json_default(o: Any) -> Any:
@@ -73,15 +86,8 @@ def _json_default(o: Any) -> Any:
 
 
 def write_json_atomic(obj: Any, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_text_atomic(json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
+                             + "\n", path)
 
 
 def read_json(path: Path) -> Any:

@@ -30,12 +30,8 @@ import numpy as np
 from scaletot_features.config import StoreConfig, store_config
 from scaletot_features.data.io import atomic_dir, read_table
 from scaletot_features.dataset import PART_GLOB, DatasetLayout, FeastLayout, is_probs_column
-from scaletot_features.store.repo import (
-    StoreError,
-    get_store,
-    repo_path,
-    resolve_features,
-)
+from scaletot_features.store.repo import StoreError, get_store, repo_path
+from scaletot_features.store.retrieval import resolve_features
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
