@@ -68,6 +68,23 @@ class CoverageConfig(_Section):
     max_users: int | None = Field(None, ge=1, description="cap on covered users (tiny runs)")
 
 
+class RayConfig(_Section):
+    """Ray Data for the LLM stages (``teach``, student inference): one model per actor."""
+
+    address: str | None = Field(None, description="a Ray cluster (ray://head:10001); None = a "
+                                "local Ray started in-process")
+    tmpdir: str | None = Field(None, description="local Ray's session folder (default: "
+                               "<tmp>/scaletot-ray-<uid>; keep it short: socket paths)")
+    object_store_mb: int = Field(512, ge=64, description="local Ray's object store")
+    actors: int = Field(2, ge=1, description="actors, each holding one model")
+    actor_cpus: float = Field(0.5, gt=0, description="CPUs per actor (1 x 2 deadlocks on 2 cores)")
+    actor_gpus: float | None = Field(None, ge=0, description="GPUs per actor; None = 1 when "
+                                     "the driver sees CUDA, else 0")
+    actor_threads: int | None = Field(1, ge=1, description="torch threads per actor")
+    batch_users: int = Field(32, ge=1, description="users per batch: the unit of work and of "
+                             "checkpointing (a finished batch is written as one part)")
+
+
 class TeacherConfig(_Section):
     backend: Literal["transformers", "vllm"] = "transformers"
     model: str = Field("packaged", description="smollm2-135m ('packaged'), qwen2.5-coder-0.5b, "
@@ -116,6 +133,10 @@ class StudentConfig(_Section):
     outcome_segment_weight: float = Field(2.0, ge=0, description="w_s of outcome-bearing nodes")
     reweight_user_segments: bool = Field(True, description="inverse-frequency user weights")
     infer_batch_size: int = Field(16, ge=1, description="users decoded together")
+    infer_engine: Literal["local", "ray"] = Field(
+        "local", description="student inference in this process, or on Ray Data (section ray)")
+    infer_part_users: int = Field(256, ge=1, description="users per written part of the local "
+                                  "engine's chains (the checkpoint unit)")
     torch_threads: int | None = Field(
         None, ge=1, description="torch CPU threads in the student stages; None = torch's default "
         "(on the shared 2-vCPU machines 1 thread ran 1.5-8x faster than 2)")
@@ -298,6 +319,7 @@ class Settings(_Section):
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     ltv: LTVConfig = Field(default_factory=LTVConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     def taxonomy(self) -> Taxonomy:
         return DEFAULT_TAXONOMY if self.taxonomy_path is None else load_taxonomy(self.taxonomy_path)

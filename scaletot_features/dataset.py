@@ -82,6 +82,13 @@ def run_summary_path(output: Path | str) -> Path:
     return output.with_name(output.name + ".summary.json")
 
 
+def partial_dir(output: Path | str) -> Path:
+    """Where a resumable stage builds ``output`` (a table folder): a hidden sibling
+    ``.<name>.partial`` that survives a killed run and becomes ``output`` when the run ends."""
+    output = Path(output)
+    return output.with_name(f".{output.name}.partial")
+
+
 def encoder_manifest(folder: Path | str) -> Path:
     """The manifest of an encoder artifact folder (``DIR/encoder`` or any other)."""
     return Path(folder) / ENCODER_MANIFEST

@@ -147,3 +147,111 @@ def test_unknown_users_are_refused(trained, tmp_path):
     with pytest.raises(KeyError, match="no profile"):
         run_inference(data, s, user_ids=[10**12], out_dir=tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------- resume and Ray
+
+
+def _by_user(table) -> dict[int, dict]:
+    return {r["user_id"]: r for r in table.to_pylist()}
+
+
+def _assert_same_chains(got, want) -> None:
+    """Same users, same values; probabilities and representations to float tolerance (batches
+    are composed differently, and padding changes the summation order)."""
+    got, want = _by_user(got), _by_user(want)
+    assert sorted(got) == sorted(want)
+    for u, w in want.items():
+        g = got[u]
+        assert [g[t] for t in TAX.type_names] == [w[t] for t in TAX.type_names], u
+        np.testing.assert_allclose([g[f"{t}_prob"] for t in TAX.type_names],
+                                   [w[f"{t}_prob"] for t in TAX.type_names], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(g["representation"], w["representation"], rtol=1e-3, atol=1e-4)
+
+
+def test_a_killed_inference_resumes_without_losing_or_repeating_a_user(trained, tmp_path,
+                                                                        monkeypatch):
+    import scaletot_features.reasoning.student_inference as inference
+
+    data, s, _ = trained
+    users = covered_user_ids(data)
+    s = s.model_copy(deep=True)
+    s.student.infer_part_users = 4
+    out = tmp_path / "chains"
+    real, calls = inference.infer_table, []
+
+    def dies_on_the_second_part(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "infer_table", dies_on_the_second_part)
+    with pytest.raises(KeyboardInterrupt):
+        run_inference(data, s, user_ids=users, out_dir=out, progress=False)
+    assert not out.exists()  # readers never see half a table
+    monkeypatch.setattr(inference, "infer_table", real)
+    summary = run_inference(data, s, user_ids=users, out_dir=out, progress=False)
+    assert summary["resumed"] == 4 and summary["users"] == len(users)
+    table = read_table(out)
+    assert sorted(table.column("user_id").to_pylist()) == sorted(users)  # each user once
+    _assert_same_chains(table, read_table(student_paths(data)["chains"]))
+    assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+
+def test_a_scratch_folder_of_another_model_is_not_resumed(trained, tmp_path, monkeypatch):
+    import scaletot_features.reasoning.student_inference as inference
+    from scaletot_features.dataset import partial_dir
+
+    data, s, _ = trained
+    users = covered_user_ids(data)[:6]
+    s = s.model_copy(deep=True)
+    s.student.infer_part_users = 3
+    out = tmp_path / "chains"
+    real, calls = inference.infer_table, []
+
+    def dies_on_the_second_part(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "infer_table", dies_on_the_second_part)
+    with pytest.raises(KeyboardInterrupt):  # the SFT student's parts
+        run_inference(data, s, user_ids=users, model_dir=student_paths(data)["sft"],
+                      out_dir=out, progress=False)
+    assert partial_dir(out).exists()
+    monkeypatch.setattr(inference, "infer_table", real)
+    summary = run_inference(data, s, user_ids=users, out_dir=out, progress=False)  # OSIPO's
+    assert summary["resumed"] == 0
+    model_ids = set(read_table(out).column("model_id").to_pylist())
+    assert len(model_ids) == 1 and model_ids.pop().startswith("student-osipo(")
+
+
+def _ray_available() -> bool:
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.slow  # local Ray start-up and two actors loading the student: about 30 s
+@pytest.mark.skipif(not _ray_available(), reason="ray[data] is not installed ('.[scale]')")
+def test_ray_data_inference_writes_the_same_chains_as_the_local_engine(trained, tmp_path):
+    import tempfile
+
+    data, s, _ = trained
+    s = s.model_copy(deep=True)
+    s.ray.tmpdir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: socket paths
+    s.ray.batch_users = 5  # several batches over the two actors
+    try:
+        summary = run_inference(data, s, out_dir=tmp_path / "ray", progress=False, engine="ray")
+    finally:
+        shutil.rmtree(s.ray.tmpdir, ignore_errors=True)
+    assert summary["engine"] == "ray" and summary["invalid_rate"] == 0.0
+    table = read_table(tmp_path / "ray")
+    assert table.schema.equals(student_chain_schema(TAX))  # no tensor extension type
+    assert table.num_rows == len(covered_user_ids(data))
+    _assert_same_chains(table, read_table(student_paths(data)["chains"]))

@@ -188,9 +188,10 @@ def final_student_dir(data_dir: Path) -> Path:
 def run_inference(data_dir: Path, settings: Settings, user_ids: Sequence[int] | None = None,
                   model_dir: Path | None = None, decode: str = "constrained",
                   out_dir: Path | None = None, overwrite: bool = False,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, engine: str | None = None) -> dict[str, Any]:
     """Student chains + representations for ``user_ids`` (default: every covered user) into
-    ``out_dir`` (default DIR/student/chains)."""
+    ``out_dir`` (default DIR/student/chains), on ``engine`` (default ``student.infer_engine``:
+    local, or Ray Data with the ``ray`` settings)."""
     from scaletot_features.reasoning.student_inference import write_student_chains
 
     data_dir = Path(data_dir)
@@ -201,7 +202,8 @@ def run_inference(data_dir: Path, settings: Settings, user_ids: Sequence[int] | 
         summary = write_student_chains(
             data_dir, model_dir, ids, settings.taxonomy(), settings.profile_schema(),
             out_dir=out_dir, decode=decode, batch_size=settings.student.infer_batch_size,
-            overwrite=overwrite, progress=progress)
+            part_rows=settings.student.infer_part_users, overwrite=overwrite, progress=progress,
+            engine=engine or settings.student.infer_engine, ray_config=settings.ray)
     return {**summary.as_dict(), "model_dir": str(model_dir), **meter.as_dict()}
 
 

@@ -196,16 +196,23 @@ def train_student(
     stage: Optional[list[str]] = typer.Option(
         None, "--stage", help="sft | osipo | infer (repeatable; default: all, in order)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo stages whose output exists."),
+    engine: Optional[str] = typer.Option(
+        None, "--engine", help="inference on local | ray (Ray Data actors; settings: ray)"),
     config: Optional[Path] = ConfigOpt,
     preset: Optional[str] = PresetOpt,
 ) -> None:
-    """Student: SFT on the teacher's chains, then OSIPO, then chains + representations."""
+    """Student: SFT on the teacher's chains, then OSIPO, then chains + representations
+    (checkpointed: a killed inference resumes where it stopped)."""
     from trainers.student_stage import STAGES, train_student as run_student
 
     s = _settings(config, preset)
+    if engine not in (None, "local", "ray"):
+        _fail(f"--engine: {engine!r} is not one of local, ray")
+    if engine is not None:
+        s.student.infer_engine = engine
     try:
         report = run_student(data_dir, s, stages=tuple(stage or STAGES), overwrite=overwrite)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
         _fail(str(e))
     for name, summary in report.items():
         if name == "invalidated":

@@ -63,6 +63,48 @@ def atomic_file(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+class ResumableDir:
+    """A table folder built part by part in a scratch folder that survives a killed run.
+
+    ``key`` says what the parts were computed with: a scratch folder left by a run with another
+    key is discarded, one with the same key is resumed (:meth:`done_ids` are skipped).
+    :meth:`finish` renames the scratch folder to ``final``, replacing it, so readers see the
+    whole table or none of it.
+    """
+
+    KEY_FILE = "run_key.json"
+
+    def __init__(self, final: Path, scratch: Path, key: str) -> None:
+        self.final, self.scratch, self.key = Path(final), Path(scratch), key
+        key_file = self.scratch / self.KEY_FILE
+        if self.scratch.exists() and (not key_file.exists() or read_json(key_file) != key):
+            shutil.rmtree(self.scratch)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(key, key_file)
+        self.next_part = len(parquet_files(self.scratch))
+
+    def done_ids(self, column: str = "user_id") -> set[int]:
+        done: set[int] = set()
+        for f in parquet_files(self.scratch):
+            done.update(pq.read_table(f, columns=[column]).column(column).to_pylist())
+        return done
+
+    def write(self, table: pa.Table) -> None:
+        write_parquet_atomic(table, part_file(self.scratch, self.next_part))
+        self.next_part += 1
+
+    def finish(self) -> Path:
+        (self.scratch / self.KEY_FILE).unlink()
+        if self.final.exists():
+            old = _tmp_sibling(self.final)
+            os.rename(self.final, old)
+            os.rename(self.scratch, self.final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(self.scratch, self.final)
+        return self.final
+
+
 def write_parquet_atomic(table: pa.Table, path: Path, **kwargs: Any) -> Path:
     with atomic_file(path) as tmp:
         pq.write_table(table, tmp, **kwargs)

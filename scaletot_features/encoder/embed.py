@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import queue
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -54,6 +53,7 @@ from scaletot_features.dataset import (
 from scaletot_features.encoder.artifact import load_encoder
 from scaletot_features.encoder.model import Encoder
 from scaletot_features.profile import ID_COLUMN, ProfileSchema
+from scaletot_features.ray_engine import actor_gpus, cast_to_schema, init_ray
 from scaletot_features.runtime import torch_threads
 from scaletot_features.taxonomy import Taxonomy
 
@@ -207,28 +207,9 @@ class EncodeBatches:
         return self.encoder.feature_table(batch)
 
 
-def ray_tmpdir(settings: Settings) -> Path:
-    base = settings.encoder.ray_tmpdir
-    return Path(base) if base else Path(tempfile.gettempdir()) / f"scaletot-ray-{os.getuid()}"
-
-
 def _init_ray(settings: Settings) -> bool:
-    """Start local Ray (or connect to ``ray_address``); True when this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
     cfg = settings.encoder
-    if cfg.ray_address:
-        ray.init(address=cfg.ray_address, log_to_driver=False)
-        return True
-    tmp = ray_tmpdir(settings)
-    tmp.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("RAY_TMPDIR", str(tmp))
-    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, _temp_dir=str(tmp),
-             object_store_memory=cfg.ray_object_store_mb * 1024 * 1024, log_to_driver=False,
-             configure_logging=False)
-    return True
+    return init_ray(cfg.ray_address, cfg.ray_tmpdir, cfg.ray_object_store_mb)
 
 
 def embed_ray(folder: Path, profiles: Path, out: Path, batch_size: int, schema: pa.Schema,
@@ -236,7 +217,6 @@ def embed_ray(folder: Path, profiles: Path, out: Path, batch_size: int, schema: 
     """Ray Data: read_parquet -> map_batches(EncodeBatches) -> write_parquet, then normalise."""
     import ray
     import ray.data
-    import torch
 
     cfg = settings.encoder
     started = _init_ray(settings)
@@ -244,8 +224,7 @@ def embed_ray(folder: Path, profiles: Path, out: Path, batch_size: int, schema: 
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = progress
-        gpus = cfg.ray_num_gpus if cfg.ray_num_gpus is not None else \
-            (1 if torch.cuda.is_available() else 0)
+        gpus = actor_gpus(cfg.ray_num_gpus)
         columns = [ID_COLUMN, "event_timestamp"] + [
             f.name for f in data_schema_from_encoder_dir(folder).fields]
         # One directory, not a list of files: Ray resolves each listed path in its own thread,
@@ -284,8 +263,7 @@ def normalise_parts(scratch: Path, out: Path, schema: pa.Schema) -> int:
             os.rename(f, part_file(out, index))
         else:  # e.g. Ray's tensor extension type instead of list<float>
             table = pf.read()
-            fixed = pa.table({name: _plain(table.column(name), schema.field(name).type)
-                              for name in schema.names}, schema=schema)
+            fixed = cast_to_schema(table, schema)
             _write_part(fixed, out, index, schema)
         rows += pf.metadata.num_rows
         index += 1
@@ -293,20 +271,6 @@ def normalise_parts(scratch: Path, out: Path, schema: pa.Schema) -> int:
         f.unlink() if f.is_file() else f.rmdir()
     scratch.rmdir()
     return rows
-
-
-def _plain(col: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
-    """Cast a column to ``target``, unwrapping extension (tensor) types to fixed-size lists."""
-    chunks = []
-    for chunk in col.chunks:
-        if isinstance(chunk.type, pa.ExtensionType):
-            chunk = chunk.storage
-        if pa.types.is_fixed_size_list(chunk.type) and pa.types.is_list(target):
-            chunk = pa.ListArray.from_arrays(
-                pa.array([i * chunk.type.list_size for i in range(len(chunk) + 1)], pa.int32()),
-                chunk.flatten())
-        chunks.append(chunk.cast(target))
-    return pa.chunked_array(chunks, type=target)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -9,9 +9,11 @@ Free generation is slow on a CPU: use it on small samples.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scaletot_features.chain import ChainParseError, chain_text, parse_chain_values
-from scaletot_features.data.io import PartWriter, atomic_dir, read_table
+from scaletot_features.config import RayConfig
+from scaletot_features.data.io import ResumableDir, read_table
 from scaletot_features.dataset import (
-    DatasetLayout, prob_column, student_chain_schema, student_manifest, value_column,
+    DatasetLayout, partial_dir, prob_column, student_chain_schema, student_manifest, value_column,
 )
 from scaletot_features.profile import ProfileSchema
 from scaletot_features.reasoning.constrained_decoder import ConstrainedDecoder, Decoded
@@ -57,9 +60,11 @@ class InferenceSummary:
     valid: int
     invalid_rate: float
     seconds: float
-    users_per_s: float
+    users_per_s: float  # over the users this run computed (resumed ones excluded)
     decode: str
     model_id: str
+    engine: str = "local"
+    resumed: int = 0  # users found done in the scratch folder of a killed run
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -155,32 +160,85 @@ def _progress_chunks(ids: list[int], size: int, enabled: bool, label: str) -> It
             bar.advance(task, min(size, len(ids) - start))
 
 
+def student_run_key(model_dir: Path, decode: str, taxonomy: Taxonomy) -> str:
+    """What a resumed inference must share with the run that wrote the parts: the model's files
+    (names, sizes, modification times), the decoding and the taxonomy."""
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                   for f in Path(model_dir).iterdir() if f.is_file())
+    blob = json.dumps({"model": files, "decode": decode, "taxonomy": taxonomy.fingerprint()})
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def student_batch_fn(model_dir: str, taxonomy: Taxonomy, decode: str, batch_size: int,
+                     model_id: str) -> Callable[[pa.Table], pa.Table]:
+    """One loaded student mapping batches of (user_id, text) to its chains: a Ray actor's work."""
+    from scaletot_features.llm.hf import TransformersBackend
+
+    backend = TransformersBackend(model_dir, batch_size=batch_size)
+
+    def run(batch: pa.Table) -> pa.Table:
+        texts = dict(zip(batch.column("user_id").to_pylist(), batch.column("text").to_pylist()))
+        return infer_table(backend, texts, taxonomy, decode, batch_size, model_id=model_id)
+
+    return run
+
+
 def write_student_chains(data_dir: Path, model_dir: Path, user_ids: Sequence[int], taxonomy: Taxonomy,
                          schema: ProfileSchema, out_dir: Path | None = None,
                          decode: str = "constrained", batch_size: int = 16, part_rows: int = 256,
-                         overwrite: bool = False, progress: bool = True) -> InferenceSummary:
+                         overwrite: bool = False, progress: bool = True, engine: str = "local",
+                         ray_config: RayConfig | None = None) -> InferenceSummary:
     """Run the student in ``model_dir`` over ``user_ids`` and write ``out_dir`` (default
-    DIR/student/chains) as parquet parts, atomically: the folder appears whole or not at all."""
-    from scaletot_features.llm.hf import TransformersBackend
+    DIR/student/chains) as parquet parts.
 
+    The parts are built in a scratch folder (``dataset.partial_dir``): a killed run resumes
+    there, skipping the users already written; the folder becomes ``out_dir`` when every user is
+    done, so readers never see half a table. ``engine="ray"`` maps batches of
+    ``ray_config.batch_users``
+    users over Ray Data actors that each load the student once (same rows as the local engine).
+    """
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if engine == "ray":
+        from scaletot_features.ray_engine import require_ray
+
+        require_ray()
     data_dir = Path(data_dir)
     out_dir = Path(out_dir) if out_dir is not None else DatasetLayout(data_dir).student.chains
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists (pass --overwrite to replace it)")
     texts = profile_texts(data_dir, user_ids, schema)
-    texts = {u: texts[u] for u in user_ids}
-    backend = TransformersBackend(model_dir, batch_size=batch_size)
     model_id = student_model_id(model_dir)
+    out_schema = student_chain_schema(taxonomy)
+    parts = ResumableDir(out_dir, partial_dir(out_dir),
+                         student_run_key(model_dir, decode, taxonomy))
+    done = parts.done_ids()
+    todo = [u for u in dict.fromkeys(user_ids) if u not in done]
     t0 = time.perf_counter()
-    valid = 0
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        writer = PartWriter(tmp, student_chain_schema(taxonomy))
-        ids = list(texts)
-        for start in range(0, max(len(ids), 1), part_rows):
-            part = {u: texts[u] for u in ids[start:start + part_rows]}
-            table = infer_table(backend, part, taxonomy, decode, batch_size, model_id=model_id,
-                                progress=progress)
-            valid += int(pc.sum(table.column("valid")).as_py() or 0)
-            writer.write(table)
+    if engine == "local" and todo:
+        from scaletot_features.llm.hf import TransformersBackend
+
+        backend = TransformersBackend(model_dir, batch_size=batch_size)
+        for start in range(0, len(todo), part_rows):
+            part = {u: texts[u] for u in todo[start:start + part_rows]}
+            parts.write(infer_table(backend, part, taxonomy, decode, batch_size,
+                                    model_id=model_id, progress=progress))
+    elif todo:
+        from scaletot_features.ray_engine import stream_map
+
+        inputs = pa.table({"user_id": pa.array(todo, pa.int64()),
+                           "text": pa.array([texts[u] for u in todo], pa.string())})
+        make = functools.partial(student_batch_fn, str(model_dir), taxonomy, decode, batch_size,
+                                 model_id)
+        finished = 0
+        for table in stream_map(inputs, make, ray_config or RayConfig(), out_schema):
+            parts.write(table)
+            finished += table.num_rows
+            if progress:
+                print(f"student ({decode}, ray): {finished}/{len(todo)} users", flush=True)
     seconds = time.perf_counter() - t0
-    n = len(texts)
+    final = read_table(parts.finish(), columns=["valid"])
+    n, valid = final.num_rows, int(pc.sum(final.column("valid")).as_py() or 0)
     return InferenceSummary(n, valid, 1 - valid / n if n else 0.0, seconds,
-                            n / seconds if seconds else 0.0, decode, model_id)
+                            len(todo) / seconds if seconds and todo else 0.0, decode, model_id,
+                            engine, len(done))

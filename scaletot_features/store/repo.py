@@ -17,9 +17,7 @@ Feast is imported inside the functions: it costs about 8 s (it imports torch).
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
-import tempfile
 import uuid
 from importlib import resources
 from pathlib import Path
@@ -36,6 +34,7 @@ from scaletot_features.dataset import (
     DatasetLayout,
     FeastLayout,
 )
+from scaletot_features.ray_engine import default_tmpdir
 
 if TYPE_CHECKING:  # pragma: no cover
     from feast import FeatureStore
@@ -84,7 +83,7 @@ def render_config(cfg: StoreConfig) -> dict[str, Any]:
         if cfg.ray_address:
             engine["ray_address"] = cfg.ray_address
         else:  # local Ray: our own session folder and a bounded object store
-            tmp = cfg.ray_tmpdir or str(Path(tempfile.gettempdir()) / f"scaletot-ray-{os.getuid()}")
+            tmp = cfg.ray_tmpdir or str(default_tmpdir())
             engine["ray_conf"] = {"_temp_dir": str(Path(tmp).resolve()),
                                   "object_store_memory": cfg.ray_object_store_mb * 1024 * 1024}
     return {
