@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,8 +64,8 @@ def test_demo_on_the_tiny_preset_runs_and_reruns_quickly(tmp_path):
         assert (ev / name).stat().st_size > 0, name
     results = json.loads((ev / "results.json").read_text())
     sets = {(r["block"], r["set"]) for r in results["summary"]}
-    assert {("main", k) for k in ("A", "B", "C", "oracle")} <= sets
-    assert {("upper_bound", k) for k in ("A", "C", "D")} <= sets  # D on the tiny preset's sample
+    assert {("main", k) for k in ("A", "A-gbdt", "B", "C", "oracle")} <= sets
+    assert {("upper_bound", k) for k in ("A", "A-gbdt", "C", "D")} <= sets  # D on its sample
     assert {k for b, k in sets if b == "sweep"} == {"C@12", "C@24", "C@48"}
     assert results["costs"]["D"]["student_users"] == results["upper_bound_users"] == 100
     assert results["costs"]["C@48"]["student_users"] == 48
@@ -85,7 +87,7 @@ def test_demo_on_the_tiny_preset_runs_and_reruns_quickly(tmp_path):
     assert r3.returncode == 0, r3.stdout + r3.stderr
     results = json.loads((ev / "results.json").read_text())
     main = [r["set"] for r in results["summary"] if r["block"] == "main"]
-    assert main[:4] == ["A", "B", "C", "D"] and "upper_bound" not in {r["block"] for r in results["summary"]}
+    assert main[:5] == ["A", "A-gbdt", "B", "C", "D"] and "upper_bound" not in {r["block"] for r in results["summary"]}
     assert results["costs"]["D"]["student_users"] == results["users"] == 2000
     assert first_chunk.stat().st_mtime == stamp
     assert "D: + LLM reasoning, every user" in r3.stdout
@@ -97,8 +99,23 @@ def test_evaluate_on_a_dataset_without_reasoning_and_a_bad_slice(population_copy
     assert r.returncode == 0, r.stdout + r.stderr
     assert "only A and B are compared" in r.stderr
     results = json.loads((population_copy / "eval" / "results.json").read_text())
-    assert {r["set"] for r in results["summary"]} == {"A", "B", "oracle"}
+    assert {r["set"] for r in results["summary"]} == {"A", "A-gbdt", "B", "oracle"}
     assert "A: profile only" in r.stdout and "report: " in r.stdout
+    # the boosted-tree baseline beside A: finite metrics, its fit seconds, and uplifts read
+    # against whichever of A and A-gbdt has the better validation Gini
+    gbdt = next(r for r in results["summary"] if r["set"] == "A-gbdt")
+    for key in ("all.revenue.gini", "all.revenue.auc", "all.active.gini", "all.active.auc",
+                "validation.revenue.gini", "validation.active.gini"):
+        assert math.isfinite(gbdt[key]), key
+    assert 0 < gbdt["fit_seconds"] < 60
+    rows = {r["set"]: r for r in results["summary"]}
+    for t in ("revenue", "active"):
+        best = max(("A", "A-gbdt"), key=lambda k: rows[k][f"validation.{t}.gini"])
+        assert results["uplift_base"]["main"][t] == best
+        assert rows["B"][f"all.{t}.gini.uplift"] == pytest.approx(
+            rows["B"][f"all.{t}.gini"] - rows[best][f"all.{t}.gini"])
+    md = (population_copy / "eval" / "report.md").read_text()
+    assert "A-gbdt: profile only, boosted trees" in md and "chosen per target" in md
     cfg = tmp_path / "c.yaml"
     cfg.write_text("preset: tiny\nltv: {low_activity: 'sessions_on_day_one = 0'}\n")
     bad = scaletot("evaluate", str(population_copy), "--config", str(cfg))

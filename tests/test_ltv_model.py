@@ -18,6 +18,7 @@ from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA
 from trainers.evaluate import (
     EvaluationError,
     aggregate,
+    best_profile_only,
     low_activity_mask,
     one_hot_states,
     reasoning_order,
@@ -140,12 +141,16 @@ def test_one_hot_states_unknown_and_missing_are_zero():
     assert m[0, 0] == 1 and first.value_names[0] == cols[first.name][0]
 
 
-def _run(set_key, seed, gini):
-    metrics = {s: {t: {"n": 10, "positive_rate": 0.1, "gini": gini, "spearman": 0.0, "auc": 0.5,
-                       "decile_mape": 0.1} for t in ("revenue", "active")}
-               for s in ("all", "low_activity")}
-    return {"block": "main", "set": set_key, "label": set_key, "seed": seed, "train_users": 7,
-            "metrics": metrics}
+def _run(set_key, seed, gini, val_gini=None, block="main"):
+    def one(g):
+        return {t: {"n": 10, "positive_rate": 0.1, "gini": g, "spearman": 0.0, "auc": 0.5,
+                    "decile_mape": 0.1} for t in ("revenue", "active")}
+
+    run = {"block": block, "set": set_key, "label": set_key, "seed": seed, "train_users": 7,
+           "metrics": {s: one(gini) for s in ("all", "low_activity")}}
+    if val_gini is not None:
+        run["validation"] = one(val_gini)
+    return run
 
 
 def test_aggregate_mean_std_and_paired_uplift():
@@ -156,3 +161,34 @@ def test_aggregate_mean_std_and_paired_uplift():
     assert rows["C"]["all.revenue.gini.uplift"] == pytest.approx(0.04)
     assert rows["C"]["all.revenue.gini.uplift_std"] == pytest.approx(np.std([0.05, 0.03], ddof=1))
     assert rows["A"]["all.revenue.gini.uplift"] == pytest.approx(0.0)
+
+
+def test_uplift_is_over_the_best_profile_only_row_chosen_on_validation_users():
+    # A-gbdt is better on the validation users, A on the test users: the base is A-gbdt (the
+    # choice never looks at test metrics), and every other row's uplift is paired with it
+    runs = [_run("A", 0, 0.50, val_gini=0.30), _run("A", 1, 0.52, val_gini=0.32),
+            _run("A-gbdt", 0, 0.44, val_gini=0.40), _run("A-gbdt", 1, 0.46, val_gini=0.42),
+            _run("C", 0, 0.47), _run("C", 1, 0.49),
+            _run("C@12", 0, 0.45, block="sweep"), _run("C@12", 1, 0.47, block="sweep")]
+    assert best_profile_only(runs, "revenue") == "A-gbdt"
+    rows = {(r["block"], r["set"]): r for r in aggregate(runs)}
+    c, a, g = rows[("main", "C")], rows[("main", "A")], rows[("main", "A-gbdt")]
+    assert c["uplift_base"] == {"revenue": "A-gbdt", "active": "A-gbdt"}
+    assert c["all.revenue.gini.uplift"] == pytest.approx(0.03)  # over A-gbdt, not -0.03 over A
+    assert c["low_activity.revenue.gini.uplift"] == pytest.approx(0.03)
+    assert a["all.revenue.gini.uplift"] == pytest.approx(0.06)  # A against the chosen base
+    assert g["all.revenue.gini.uplift"] == pytest.approx(0.0)
+    assert a["validation.revenue.gini"] == pytest.approx(0.31) and a["profile_only"]
+    assert not c["profile_only"] and np.isnan(c["validation.revenue.gini"])
+    # the sweep has no profile-only row of its own: it reads against the main block's choice
+    assert rows[("sweep", "C@12")]["all.revenue.gini.uplift"] == pytest.approx(0.01)
+
+
+def test_best_profile_only_falls_back_to_a_and_keeps_a_on_a_tie():
+    no_val = [_run("A", 0, 0.5), _run("A-gbdt", 0, 0.6)]
+    assert best_profile_only(no_val, "revenue") == "A"  # test metrics are never used
+    tie = [_run("A", 0, 0.5, val_gini=0.4), _run("A-gbdt", 0, 0.6, val_gini=0.4)]
+    assert best_profile_only(tie, "active") == "A"
+    nan = [_run("A", 0, 0.5, val_gini=float("nan")), _run("A-gbdt", 0, 0.6, val_gini=0.1)]
+    assert best_profile_only(nan, "revenue") == "A-gbdt"
+    assert best_profile_only([_run("C", 0, 0.5)], "revenue") is None

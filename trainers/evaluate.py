@@ -11,17 +11,22 @@ Read top to bottom:
    always go to train, so no reasoning feature of a test user was fitted on that user's label.
    The low-activity slice is ``ltv.low_activity``, a SQL predicate over the profile columns.
 3. **Feature sets**, each the same :class:`trainers.ltv.LTVModel` fitted once per seed:
-   (A) profile only; (B) A + the all-MiniLM-L6-v2 embedding of the profile text; (C) A + the
-   encoder's embedding and typed-state distributions from Feast; (D) A + the student LLM's own
-   reasoning (its chain's typed states and its representation, through the encoder's fixed
-   projection) for every user; and, on synthetic data, a reference row with the true latent
-   states (headroom, not a method).
+   (A) profile only, and beside it (A-gbdt) boosted trees on the same profile fields
+   (:class:`trainers.ltv_gbdt.GBDTLTVModel`, the practitioner's tabular baseline); (B) A + the
+   all-MiniLM-L6-v2 embedding of the profile text; (C) A + the encoder's embedding and
+   typed-state distributions from Feast; (D) A + the student LLM's own reasoning (its chain's
+   typed states and its representation, through the encoder's fixed projection) for every user;
+   and, on synthetic data, a reference row with the true latent states (headroom, not a method).
 4. **The coverage sweep.** The student LLM reasons about more (or fewer) users; the encoder is
    distilled on them and embeds everyone; C is refitted. Users are taken in one order (covered
    users first, then a hashed order of the rest), so every point's users include the smaller
    points' and the student runs once, on the largest set, in checkpointed chunks.
    The teacher's coverage, which the student learned from, stays at the default.
-5. **Costs** of each row: LLM users, calls and prompt tokens; encoder and sentence-model seconds.
+5. **Uplifts** are paired by seed and read against the best profile-only row (A or A-gbdt), per
+   target, chosen by the mean Gini on the models' validation users (the early-stopping slice of
+   the training users), never on the test users that the uplift itself is measured on.
+6. **Costs** of each row: LLM users, calls and prompt tokens; encoder and sentence-model seconds;
+   the LTV model's fit seconds.
 
 Everything lands in ``DIR/eval`` (results.json, predictions.parquet, report.md, PNG plots);
 ``trainers/report.py`` writes the report.
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -64,9 +70,11 @@ from scaletot_features.profile import ID_COLUMN, ProfileSchema
 from scaletot_features.taxonomy import Taxonomy
 from trainers.distill_encoder import _hash01
 from trainers.ltv import LTVModel
+from trainers.ltv_gbdt import GBDTLTVModel
 
 SLICES = ("all", "low_activity")
 TARGETS = ("revenue", "active")
+PROFILE_ONLY = ("A", "A-gbdt")  # the rows uplifts are read against (the best one, per target)
 
 
 class EvaluationError(ValueError):
@@ -150,6 +158,7 @@ class FeatureSet:
     dense: np.ndarray | None
     cost: dict[str, Any] = field(default_factory=dict)
     rows: np.ndarray | None = None  # users (frame row indices) that have these features
+    model: str = "mlp"  # "mlp": trainers.ltv.LTVModel; "gbdt": trainers.ltv_gbdt.GBDTLTVModel
 
 
 def _list_matrix(col: pa.ChunkedArray) -> np.ndarray:
@@ -436,6 +445,23 @@ def _metrics(y: dict[str, np.ndarray], pred: Any, idx: np.ndarray, threshold: in
                                 auc_scores=pred.retained_prob[idx])}
 
 
+def ltv_model(kind: str, settings: Settings, schema: ProfileSchema,
+              seed: int) -> LTVModel | GBDTLTVModel:
+    """The LTV model of a feature set (``FeatureSet.model``), configured from ``settings.ltv``."""
+    cfg = settings.ltv
+    common = {"horizon_days": settings.data.horizon_days,
+              "retained_threshold": cfg.retained_threshold, "seed": seed}
+    if kind == "gbdt":
+        g = cfg.gbdt
+        return GBDTLTVModel(schema, max_iter=g.max_iter, learning_rate=g.learning_rate,
+                            max_leaf_nodes=g.max_leaf_nodes, min_samples_leaf=g.min_samples_leaf,
+                            l2_regularization=g.l2_regularization,
+                            n_iter_no_change=g.n_iter_no_change, max_tokens=g.max_tokens,
+                            **common)
+    return LTVModel(schema, epochs=cfg.epochs, learning_rate=cfg.learning_rate,
+                    batch_size=cfg.batch_size, hidden=cfg.hidden, patience=cfg.patience, **common)
+
+
 def fit_block(block: str, sets: list[FeatureSet], profiles: pa.Table, y: dict[str, np.ndarray],
               test: np.ndarray, low: np.ndarray, rows: np.ndarray, settings: Settings,
               schema: ProfileSchema, predictions: list[pa.Table],
@@ -443,28 +469,40 @@ def fit_block(block: str, sets: list[FeatureSet], profiles: pa.Table, y: dict[st
     """Fit every set once per seed on ``rows``' train users; score its test users per slice.
 
     ``tick(message, fits_done)`` reports progress: (what starts, 0), then (it, 1) when done.
+    Each run also keeps its fit seconds and its metrics on the model's validation users (what
+    :func:`best_profile_only` chooses by; no test user is among them).
     """
+    from threadpoolctl import threadpool_limits
+
     cfg = settings.ltv
     train_rows, test_rows = rows[~test[rows]], rows[test[rows]]
     out = []
     for fs in sets:
         for seed in cfg.seeds:
             tick(f"{block}: {fs.label}, seed {seed}", 0)
-            model = LTVModel(schema, horizon_days=settings.data.horizon_days,
-                             retained_threshold=cfg.retained_threshold, epochs=cfg.epochs,
-                             learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
-                             hidden=cfg.hidden, patience=cfg.patience, seed=seed)
+            model = ltv_model(fs.model, settings, schema, seed)
             dense = (lambda r: None) if fs.dense is None else (lambda r: fs.dense[r])
-            model.fit(profiles.take(pa.array(train_rows)), y["revenue"][train_rows],
-                      y["active"][train_rows], dense(train_rows))
-            pred = model.predict(profiles.take(pa.array(test_rows)), dense(test_rows))
+            with threadpool_limits(cfg.gbdt.threads, user_api="openmp") \
+                    if fs.model == "gbdt" and cfg.gbdt.threads else nullcontext():
+                t0 = time.perf_counter()
+                model.fit(profiles.take(pa.array(train_rows)), y["revenue"][train_rows],
+                          y["active"][train_rows], dense(train_rows))
+                fit_seconds = time.perf_counter() - t0
+                pred = model.predict(profiles.take(pa.array(test_rows)), dense(test_rows))
+                val_rows = train_rows[model.validation_index_]
+                val_pred = model.predict(profiles.take(pa.array(val_rows)), dense(val_rows)) \
+                    if len(val_rows) else None
             local = np.arange(len(test_rows))
             slices = {"all": local, "low_activity": local[low[test_rows]]}
             out.append({"block": block, "set": fs.key, "label": fs.label, "seed": seed,
                         "train_users": int(len(train_rows)), "model": model.summary(),
+                        "fit_seconds": round(fit_seconds, 3),
                         "metrics": {s: _metrics({k: v[test_rows] for k, v in y.items()}, pred,
                                                 i, cfg.retained_threshold)
                                     for s, i in slices.items()}})
+            if val_pred is not None:
+                out[-1]["validation"] = _metrics({k: v[val_rows] for k, v in y.items()}, val_pred,
+                                                 np.arange(len(val_rows)), cfg.retained_threshold)
             predictions.append(pa.table({
                 "block": [block] * len(test_rows), "set": [fs.key] * len(test_rows),
                 "seed": pa.array([seed] * len(test_rows), pa.int32()),
@@ -477,20 +515,54 @@ def fit_block(block: str, sets: list[FeatureSet], profiles: pa.Table, y: dict[st
     return out
 
 
+def validation_score(runs: list[dict[str, Any]], target: str, metric: str = "gini") -> float:
+    """Mean over seeds of ``metric`` for ``target`` on the validation users; NaN when unknown."""
+    v = [r["validation"][target][metric] for r in runs if "validation" in r]
+    return float(np.mean(v)) if v and len(v) == len(runs) else float("nan")
+
+
+def best_profile_only(runs: list[dict[str, Any]], target: str) -> str | None:
+    """The profile-only set (``PROFILE_ONLY``) of one block with the best mean validation Gini
+    on ``target``. Chosen on the validation users, never the test users: picking the best of
+    two rows on the very users the uplift is then measured on would flatter the baseline by the
+    noise of the test sample. A when no profile-only row has a validation score (None: no A)."""
+    scores = {k: validation_score([r for r in runs if r["set"] == k], target)
+              for k in PROFILE_ONLY if any(r["set"] == k for r in runs)}
+    known = {k: v for k, v in scores.items() if not np.isnan(v)}
+    if known:
+        return max(known, key=known.__getitem__)  # a tie keeps the first, A
+    return "A" if "A" in scores else None
+
+
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation over seeds, and the paired uplift over A, per block/set."""
+    """Mean and standard deviation over seeds, and the paired uplift over the best profile-only
+    row (:func:`best_profile_only`, per target), per block/set. Every row carries
+    ``uplift_base`` (target -> set) and its own mean validation Gini (``validation.T.gini``)."""
     keys = ("gini", "spearman", "auc", "decile_mape")
     by: dict[tuple[str, str], list[dict]] = {}
     for r in runs:
         by.setdefault((r["block"], r["set"]), []).append(r)
+    # a block with its own profile-only rows reads uplifts against them; the sweep, the main ones
+    bases: dict[str, tuple[str, dict[str, str | None]]] = {}
+    for block in dict.fromkeys(b for b, _ in by):
+        own = any((block, k) in by for k in PROFILE_ONLY)
+        source = block if own else "main"
+        pool = [r for (b, _), rs in by.items() if b == source for r in rs]
+        bases[block] = (source, {t: best_profile_only(pool, t) for t in TARGETS})
     out = []
     for (block, key), rs in by.items():
-        # uplift is paired with A of the same block and seed; the sweep shares the main A
-        base = {r["seed"]: r for r in by.get((block, "A")) or by.get(("main", "A"), [])}
+        source, chosen = bases[block]
         row: dict[str, Any] = {"block": block, "set": key, "label": rs[0]["label"],
-                               "seeds": len(rs), "train_users": rs[0]["train_users"]}
+                               "seeds": len(rs), "train_users": rs[0]["train_users"],
+                               "profile_only": key in PROFILE_ONLY, "uplift_base": chosen}
+        if all("fit_seconds" in r for r in rs):
+            row["fit_seconds"] = float(np.mean([r["fit_seconds"] for r in rs]))
+        for t in TARGETS:
+            row[f"validation.{t}.gini"] = validation_score(rs, t)
         for s in SLICES:
             for t in TARGETS:
+                # paired by seed with the chosen profile-only row
+                base = {r["seed"]: r for r in by.get((source, chosen[t] or ""), [])}
                 row[f"{s}.{t}.n"] = rs[0]["metrics"][s][t]["n"]
                 row[f"{s}.{t}.positive_rate"] = rs[0]["metrics"][s][t]["positive_rate"]
                 for k in keys:
@@ -550,6 +622,10 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
     everyone = np.arange(len(ids))
 
     sets: list[FeatureSet] = [FeatureSet("A", "A: profile only", None)]
+    if cfg.gbdt.enabled:
+        sets.append(FeatureSet("A-gbdt", "A-gbdt: profile only, boosted trees", None,
+                               model="gbdt"))
+    profile_only = list(sets)
     text, text_seconds = profile_text_matrix(data_dir, frame, schema, console, progress)
     sets.append(FeatureSet("B", "B: + MiniLM profile text", text,
                            {"sentence_model_seconds": round(text_seconds, 1)}))
@@ -574,7 +650,7 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
         if len(upper_rows) == len(ids):
             sets.insert(sets.index(reasoning.c) + 1, reasoning.d)
         else:
-            blocks.append(("upper_bound", [sets[0], reasoning.c, reasoning.d], upper_rows))
+            blocks.append(("upper_bound", profile_only + [reasoning.c, reasoning.d], upper_rows))
     total = sum(len(s) for _, s, _ in blocks) * len(cfg.seeds)
     runs: list[dict[str, Any]] = []
     predictions: list[pa.Table] = []
@@ -598,7 +674,8 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
         "split": {"test_fraction": cfg.test_fraction, "seed": cfg.split_seed,
                   "covered_users_forced_to_train": True},
         "upper_bound_users": int(len(upper_rows)) if reasoning is not None else 0,
-        "settings": cfg.model_dump(mode="json"), "costs": costs, "summary": summary,
+        "settings": cfg.model_dump(mode="json"), "costs": costs,
+        "uplift_base": {r["block"]: r["uplift_base"] for r in summary}, "summary": summary,
         "runs": runs, "fit_seconds": round(time.perf_counter() - t_fit, 1),
         "seconds": round(time.perf_counter() - t_start, 1),
     }

@@ -41,7 +41,7 @@ from scaletot_features.ltv.ziln import (
 )
 from scaletot_features.profile import ProfileSchema
 
-__all__ = ["LTVModel", "LTVNet", "LTVPredictions"]
+__all__ = ["LTVModel", "LTVNet", "LTVPredictions", "checked_labels", "validation_split"]
 
 
 class LTVNet(FieldInputs):
@@ -75,9 +75,27 @@ class LTVPredictions:
     retained_prob: np.ndarray  # p(active days >= retained_threshold)
 
 
-def _split_mask(n: int, fraction: float, seed: int) -> np.ndarray:
+def checked_labels(n: int, revenue: np.ndarray, active: np.ndarray,
+                   dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """(revenue, active) as ``dtype`` arrays, refused unless one known value per profile row."""
+    revenue = np.asarray(revenue, dtype=dtype)
+    active = np.asarray(active, dtype=dtype)
+    if revenue.shape != (n,) or active.shape != (n,):
+        raise ValueError(f"labels must have one value per profile row ({n})")
+    if np.isnan(revenue).any() or np.isnan(active).any():
+        raise ValueError("labels contain NaN (users without a known label must be dropped)")
+    return revenue, active
+
+
+def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, validation rows) of ``n`` training users: a seeded slice for early stopping.
+
+    Every LTV model (this MLP, the boosted trees of ``trainers.ltv_gbdt``) takes the same slice
+    for the same seed and rows, so their validation scores compare like with like. Below 20 users
+    there is no validation slice (empty)."""
     rng = np.random.default_rng(seed + 104729)
-    return rng.random(n) < fraction
+    val = rng.random(n) < fraction if n >= 20 else np.zeros(n, dtype=bool)
+    return np.flatnonzero(~val), np.flatnonzero(val)
 
 
 class LTVModel:
@@ -133,16 +151,11 @@ class LTVModel:
     def fit(self, profiles: pa.Table, revenue: np.ndarray, active: np.ndarray,
             dense: np.ndarray | None = None) -> "LTVModel":
         n = profiles.num_rows
-        revenue = np.asarray(revenue, dtype=np.float32)
-        active = np.asarray(active, dtype=np.float32)
-        if revenue.shape != (n,) or active.shape != (n,):
-            raise ValueError(f"labels must have one value per profile row ({n})")
-        if np.isnan(revenue).any() or np.isnan(active).any():
-            raise ValueError("labels contain NaN (users without a known label must be dropped)")
+        revenue, active = checked_labels(n, revenue, active)
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
-        val = _split_mask(n, self.val_fraction, self.seed) if n >= 20 else np.zeros(n, bool)
-        train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
+        train_idx, val_idx = validation_split(n, self.val_fraction, self.seed)
+        self.validation_index_ = val_idx
 
         self.featurizer_ = Featurizer.fit(profiles.take(pa.array(train_idx)), self.schema,
                                           min_count=self.min_token_count)

@@ -40,9 +40,14 @@ def _rows(results: dict[str, Any], block: str) -> list[dict[str, Any]]:
     return [r for r in results["summary"] if r["block"] == block]
 
 
+def _base(r: dict[str, Any], target: str) -> str:
+    """The set a row's uplift on ``target`` is read against (A in results from before A-gbdt)."""
+    return (r.get("uplift_base") or {}).get(target) or "A"
+
+
 def _cell(r: dict[str, Any], key: str, uplift: bool = False) -> str:
     if uplift:
-        if f"{key}.uplift" not in r or r["set"] == "A":
+        if f"{key}.uplift" not in r or r["set"] == _base(r, key.split(".")[1]):
             return "-"
         return _fmt(r[f"{key}.uplift"], r[f"{key}.uplift_std"], signed=True)
     return _fmt(r[key], r.get(f"{key}.std"))
@@ -66,7 +71,13 @@ def _cost_cells(c: dict[str, Any]) -> list[str]:
 
 
 COST_HEADER = ["feature set", "teacher users", "student users", "LLM calls", "LLM prompt tokens",
-               "LLM seconds", "encoder / sentence-model seconds"]
+               "LLM seconds", "encoder / sentence-model seconds", "LTV fit seconds (per seed)"]
+
+
+def _fit_seconds(results: dict[str, Any], key: str) -> str:
+    """The LTV model's mean fit seconds of a set (its first block's), or n/a in older results."""
+    row = next((r for r in results["summary"] if r["set"] == key), {})
+    return f"{row['fit_seconds']:,.1f}" if "fit_seconds" in row else "n/a"
 
 
 def _sample_size(results: dict[str, Any], block: str) -> str:
@@ -90,16 +101,37 @@ def comparison_markdown(results: dict[str, Any], block: str = "main",
     return _md_table(["feature set"] + [_header(s, k) for s, k in cells], body)
 
 
+TARGET_NAMES = {"revenue": "revenue_30", "active": "lt30"}
+
+
+def base_note(results: dict[str, Any], block: str = "main") -> str:
+    """Which profile-only row each target's uplift is read against, and why (validation Gini)."""
+    rows = _rows(results, block)
+    scored = {r["set"]: r for r in rows if r.get("profile_only")}
+    parts = []
+    for t, name in TARGET_NAMES.items():
+        scores = ", ".join(f"{k} {_fmt(r.get(f'validation.{t}.gini', float('nan')))}"
+                           for k, r in scored.items())
+        parts.append(f"{name} against {_base(rows[0], t)}"
+                     + (f" (validation Gini {scores})" if len(scored) > 1 else ""))
+    return ("Uplifts are read against the best profile-only row, chosen per target by the mean "
+            "Gini on the validation users (the models' early-stopping slice of the training users, "
+            "never the test users these uplifts are measured on; the low-activity columns use the "
+            "same choice): " + "; ".join(parts) + ".")
+
+
 def uplift_markdown(results: dict[str, Any], block: str = "main") -> str:
-    rows = [r for r in _rows(results, block) if r["set"] != "A"]
-    header = ["vs A (same seeds)"] + [f"Δ {_header(s, k)}" for s, k in HEADLINE]
+    rows = [r for r in _rows(results, block)
+            if not all(r["set"] == _base(r, t) for t in TARGET_NAMES)]
+    header = ["vs best profile-only (same seeds)"] + [f"Δ {_header(s, k)}" for s, k in HEADLINE]
     body = [[r["label"]] + [_cell(r, f"{s}.{k}", uplift=True) for s, k in HEADLINE] for r in rows]
     return _md_table(header, body)
 
 
 def sweep_uplift(results: dict[str, Any], key: str = "revenue.gini"
                  ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """(coverage fractions, per slice (mean paired uplift over A, its sd)) of the sweep points."""
+    """(coverage fractions, per slice (mean paired uplift over the best profile-only row, its
+    sd)) of the sweep points."""
     pts = sorted(_rows(results, "sweep"), key=lambda r: results["costs"][r["set"]]["coverage"])
     cov = np.array([results["costs"][r["set"]]["coverage"] for r in pts])
     return cov, {s: (np.array([r[f"{s}.{key}.uplift"] for r in pts]),
@@ -176,7 +208,7 @@ def plot_coverage(results: dict[str, Any], out: Path) -> Path | None:
         ax.minorticks_off()
         ax.set_xticks(cov * 100, [f"{c * 100:.3g}%" for c in cov])
         ax.set_xlabel("users the LLM reasoned about (% of population)")
-        ax.set_ylabel(f"Δ {title} vs profile only")
+        ax.set_ylabel(f"Δ {title} vs best profile-only row")
         ax.set_title(f"coverage against uplift: {title}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -207,7 +239,9 @@ def write_report(results: dict[str, Any], predictions: Path, out: Path) -> Path:
         "",
         comparison_markdown(results),
         "",
-        "## Uplift over A, paired by seed",
+        "## Uplift over the best profile-only row, paired by seed",
+        "",
+        base_note(results),
         "",
         uplift_markdown(results),
         "",
@@ -232,9 +266,11 @@ def write_report(results: dict[str, Any], predictions: Path, out: Path) -> Path:
                   f"{_sample_size(results, 'upper_bound')}, so expect wide seed spreads and "
                   "read small differences as noise.", "",
                   comparison_markdown(results, "upper_bound"), "",
+                  base_note(results, "upper_bound"), "",
                   uplift_markdown(results, "upper_bound"), ""]
     parts += ["## Cost of each feature set", "",
               _md_table(COST_HEADER, [[k] + _cost_cells(results["costs"][k])
+                                      + [_fit_seconds(results, k)]
                                       for k in dict.fromkeys(r["set"] for r in results["summary"])]),
               "", "LLM seconds: teacher scoring + student training + student inference, as "
               "measured on this machine. Calls: teacher scoring calls; student: one prompt pass "
@@ -273,7 +309,7 @@ def console_tables(results: dict[str, Any]) -> list[Table]:
         for s, k in HEADLINE:
             t.add_column(SHORT[k] + (" low-act." if s == "low_activity" else ""), justify="right",
                          no_wrap=True)
-        t.add_column("Δ rev Gini vs A", justify="right", no_wrap=True)
+        t.add_column("Δ rev Gini vs best prof.", justify="right", no_wrap=True)
         t.add_column("LLM users", justify="right", no_wrap=True)
         for r in rows:
             c = results["costs"].get(r["set"], {})

@@ -350,8 +350,9 @@ def evaluate(
     config: Optional[Path] = ConfigOpt,
     preset: Optional[str] = PresetOpt,
 ) -> None:
-    """LTV comparison: ZILN models on Feast features (A profile, B sentence embedding,
-    C ScaleToT encoder, D LLM reasoning), the coverage sweep, costs, and a report with plots."""
+    """LTV comparison: ZILN models on Feast features (A profile, A-gbdt boosted trees on it,
+    B sentence embedding, C ScaleToT encoder, D LLM reasoning), the coverage sweep, costs, and a
+    report with plots; uplifts over the best profile-only row (chosen on validation users)."""
     from trainers.evaluate import EvaluationError, evaluate as run_evaluate
     from trainers.report import print_tables
 
