@@ -197,6 +197,9 @@ class LTVGBDTConfig(_Section):
                                 "None = scikit-learn's default")
 
 
+DEFAULT_LOW_ACTIVITY = "first_day_sessions = 0"
+
+
 class LTVConfig(_Section):
     """LTV models and the comparison (DESIGN.md 4.10). Owned by trainers/ltv.py and
     trainers/evaluate.py."""
@@ -211,9 +214,11 @@ class LTVConfig(_Section):
     test_fraction: float = Field(0.3, gt=0, lt=1)
     split_seed: int = 0
     retained_threshold: int = Field(7, ge=1, description="retained = active days >= this")
-    low_activity: str = Field(
-        "first_day_sessions = 0",
-        description="SQL predicate over the profile columns that defines the low-activity slice")
+    low_activity: str | None = Field(
+        DEFAULT_LOW_ACTIVITY,
+        description="SQL predicate over the profile columns that defines the low-activity slice; "
+        "null = no slice. The default names a column of the synthetic schema: on a dataset "
+        "without it the slice is left out, and said so")
     coverage_sweep: list[float] = Field(
         default_factory=lambda: [0.01, 0.03, 0.0732, 0.15, 0.30],
         description="fractions of the population the student LLM reasons about for the encoder")

@@ -130,6 +130,67 @@ def test_low_activity_predicate_and_its_error():
         low_activity_mask(t, "no_such_field = 1")
 
 
+def test_the_default_slice_is_left_out_where_its_column_is_missing_and_yours_must_evaluate():
+    from rich.console import Console
+
+    from scaletot_features.config import DEFAULT_LOW_ACTIVITY
+    from scaletot_features.profile import FieldKind, ProfileField, ProfileSchema
+    from trainers.evaluate import low_activity_predicate
+
+    console = Console(record=True, width=200)
+    theirs = ProfileSchema(fields=(ProfileField(name="emp_title", kind=FieldKind.text, label="emp_title"),
+                                   ProfileField(name="emp_length", kind=FieldKind.numeric, label="emp_length")))
+    assert low_activity_predicate(theirs, DEFAULT_LOW_ACTIVITY, console) is None
+    said = console.export_text()
+    assert "ltv.low_activity" in said and "emp_title" in said and "emp_length" in said
+    assert low_activity_predicate(theirs, "emp_length < 1", console) == "emp_length < 1"
+    assert low_activity_predicate(theirs, None, console) is None
+    with pytest.raises(EvaluationError, match=r"ltv.low_activity 'tenure < 1'.*emp_title"):
+        low_activity_predicate(theirs, "tenure < 1", console)
+    assert low_activity_predicate(DEFAULT_PROFILE_SCHEMA, DEFAULT_LOW_ACTIVITY, console) == \
+        DEFAULT_LOW_ACTIVITY
+
+
+def test_evaluate_refuses_a_predicate_it_cannot_use_before_any_work(population_copy):
+    from scaletot_features.config import build_settings
+    from scaletot_features.dataset import DatasetLayout
+    from trainers.evaluate import evaluate
+
+    s = build_settings("tiny")
+    s.ltv.low_activity = "no_such_column > 1"
+    with pytest.raises(EvaluationError, match="ltv.low_activity 'no_such_column > 1'"):
+        evaluate(population_copy, s, progress=False)  # no Feast repository yet: not reached
+    assert not any(DatasetLayout(population_copy).eval.root.glob("frame*"))
+
+
+def test_b_embeds_each_distinct_text_and_tag_string_once(tmp_path):
+    from rich.console import Console
+
+    from scaletot_features.profile import FieldKind, ProfileField, ProfileSchema
+    from trainers.evaluate import profile_text_matrix, text_fields
+
+    schema = ProfileSchema(fields=(
+        ProfileField(name="age", kind=FieldKind.numeric, label="age"),
+        ProfileField(name="occupation", kind=FieldKind.text, label="occupation"),
+        ProfileField(name="interests", kind=FieldKind.tags, label="interests")))
+    assert text_fields(schema) == ["occupation", "interests"]
+    table = pa.table({"user_id": pa.array(range(5), pa.int64()),
+                      "age": [20.0, 30.0, 40.0, None, 50.0],
+                      "occupation": ["nurse", "nurse", "welder", None, "nurse"],
+                      "interests": [["golf"], None, ["golf", "opera"], ["golf"], ["golf"]]})
+    (tmp_path / "data").mkdir()
+    matrix, seconds, distinct = profile_text_matrix(tmp_path / "data", table, schema,
+                                                    Console(quiet=True), progress=False)
+    assert matrix.shape == (5, 2 * 384) and seconds >= 0
+    assert distinct == 2 + 2  # nurse, welder; "golf", "golf, opera"
+    occupation, interests = matrix[:, :384], matrix[:, 384:]
+    np.testing.assert_array_equal(occupation[0], occupation[1])  # same string, same vector
+    assert not np.allclose(occupation[0], occupation[2])
+    assert not occupation[3].any() and not interests[1].any()  # missing: zeros
+    np.testing.assert_array_equal(interests[0], interests[3])
+    assert np.linalg.norm(occupation[0]) == pytest.approx(1.0, rel=1e-3)  # MiniLM normalises
+
+
 def test_one_hot_states_unknown_and_missing_are_zero():
     from scaletot_features.taxonomy import DEFAULT_TAXONOMY
 

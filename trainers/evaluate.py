@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from rich.console import Console
 
-from scaletot_features.config import Settings
+from scaletot_features.config import DEFAULT_LOW_ACTIVITY, Settings
 from scaletot_features.data.io import (
     atomic_dir,
     is_current,
@@ -66,7 +66,7 @@ from scaletot_features.dataset import (
 )
 from scaletot_features.encoder.embed import data_profile_schema, encoder_dir, features_dir
 from scaletot_features.ltv.metrics import summarize
-from scaletot_features.profile import ID_COLUMN, ProfileSchema
+from scaletot_features.profile import ID_COLUMN, FieldKind, ProfileSchema
 from scaletot_features.taxonomy import Taxonomy
 from trainers.distill_encoder import _hash01
 from trainers.ltv import LTVModel
@@ -124,7 +124,10 @@ def split_test(user_ids: np.ndarray, covered: np.ndarray, test_fraction: float,
     return test & ~np.isin(user_ids, covered)
 
 
-def low_activity_mask(table: pa.Table, predicate: str) -> np.ndarray:
+def low_activity_mask(table: pa.Table, predicate: str | None) -> np.ndarray:
+    """True for the users in the low-activity slice (none when ``predicate`` is None)."""
+    if predicate is None:
+        return np.zeros(table.num_rows, dtype=bool)
     import duckdb
 
     con = duckdb.connect()
@@ -133,10 +136,34 @@ def low_activity_mask(table: pa.Table, predicate: str) -> np.ndarray:
         mask = con.sql(f"select coalesce(({predicate}), false) as m from profiles").fetchnumpy()
     except duckdb.Error as e:
         raise EvaluationError(f"ltv.low_activity {predicate!r} cannot be evaluated on the "
-                              f"profile columns: {e}") from e
+                              f"profile columns {table.column_names}: {e}") from e
     finally:
         con.close()
     return np.asarray(mask["m"], dtype=bool)
+
+
+def low_activity_predicate(schema: ProfileSchema, predicate: str | None,
+                           console: Console) -> str | None:
+    """The slice's predicate, checked against the profile columns before any work starts.
+
+    The default names a column of the synthetic schema (``first_day_sessions``): on a dataset
+    without it the slice is left out, and said so; a predicate you set that does not evaluate
+    on your columns is an error naming ``ltv.low_activity`` and the columns there are.
+    """
+    if predicate is None:
+        console.print("  no low-activity slice (ltv.low_activity is null)")
+        return None
+    empty = schema.arrow_schema().empty_table().select([ID_COLUMN] + schema.names)
+    try:
+        low_activity_mask(empty, predicate)
+    except EvaluationError:
+        if predicate == DEFAULT_LOW_ACTIVITY:
+            console.print(f"  [yellow]no low-activity slice: the default ltv.low_activity "
+                          f"{predicate!r} names a column this dataset does not have (it has "
+                          f"{schema.names}); set ltv.low_activity to a predicate over them[/]")
+            return None
+        raise
+    return predicate
 
 
 def covered_users(data_dir: Path) -> np.ndarray:
@@ -200,39 +227,61 @@ def align(table: pa.Table, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return rows, pos[rows].astype(np.int64)
 
 
+def text_fields(schema: ProfileSchema) -> list[str]:
+    """The fields B embeds: free text and tags (numbers and categories are already A's)."""
+    return [f.name for f in schema.of_kind(FieldKind.text, FieldKind.tags)]
+
+
+def field_strings(table: pa.Table, field: str, kind: FieldKind) -> pa.Array:
+    """One string per user for a text or tag field (tags joined in their order); null = missing."""
+    col = table.column(field).combine_chunks()
+    if kind is not FieldKind.tags:
+        return col
+    return pa.array([", ".join(v) if v else None for v in col.to_pylist()], pa.string())
+
+
 def profile_text_matrix(data_dir: Path, table: pa.Table, schema: ProfileSchema,
-                        console: Console, progress: bool = True) -> tuple[np.ndarray, float]:
-    """(B) all-MiniLM-L6-v2 over the profile text, cached in DIR/eval; (matrix, seconds)."""
+                        console: Console, progress: bool = True
+                        ) -> tuple[np.ndarray | None, float, int]:
+    """(B) all-MiniLM-L6-v2 of each text and tag field, concatenated (missing: zeros), cached in
+    DIR/eval; each distinct string is embedded once. (matrix or None without such fields,
+    seconds, distinct strings)."""
     from scaletot_features.encoder.featurizer import TextEmbedder
 
+    fields = text_fields(schema)
+    if not fields:
+        return None, 0.0, 0
     out = DatasetLayout(data_dir).eval.profile_text_embedding
     meta = run_summary_path(out)
     if is_current(out, DatasetLayout(data_dir).profiles) and meta.exists():
+        info = read_json(meta)
         cached = read_table(out)
-        if np.array_equal(cached.column(ID_COLUMN).to_numpy(), table.column(ID_COLUMN).to_numpy()):
-            return _list_matrix(cached.column("embedding")), float(read_json(meta)["seconds"])
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    rows = table.select(schema.names).to_pylist()
-    texts = pa.array(["; ".join(schema.to_text(r).splitlines()) for r in rows], pa.string())
-    embedder = TextEmbedder(cache_size=0)
+        if info.get("fields") == fields and np.array_equal(
+                cached.column(ID_COLUMN).to_numpy(), table.column(ID_COLUMN).to_numpy()):
+            return (_list_matrix(cached.column("embedding")), float(info["seconds"]),
+                    int(info.get("distinct_strings", 0)))
+    embedder = TextEmbedder(cache_size=0)  # embed() already embeds each distinct string once
     t0 = time.perf_counter()
-    parts = []
-    with Progress(TextColumn("B: MiniLM"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, disable=not progress) as bar:
-        task = bar.add_task("B", total=len(texts))
-        for start in range(0, len(texts), 2048):
-            chunk = texts.slice(start, 2048)
-            parts.append(embedder.embed(chunk))
-            bar.update(task, advance=len(chunk))
-    vectors = np.concatenate(parts) if parts else np.zeros((0, 384), np.float32)
+    blocks, distinct = [], 0
+    for name in fields:
+        strings = field_strings(table, name, schema.field(name).kind)
+        n_distinct = len(pc.unique(strings.drop_null()))
+        t_field = time.perf_counter()
+        blocks.append(embedder.embed(strings))
+        distinct += n_distinct
+        if progress:
+            console.print(f"  B: {name}: {n_distinct:,} distinct strings for {len(strings):,} "
+                          f"users in {time.perf_counter() - t_field:.1f} s")
+    vectors = np.concatenate(blocks, axis=1)
     seconds = time.perf_counter() - t0
-    console.print(f"  B: sentence embedding of {len(texts):,} profile texts in {seconds:.1f} s")
+    console.print(f"  B: MiniLM of {', '.join(fields)} ({distinct:,} distinct strings) in "
+                  f"{seconds:.1f} s")
     write_parquet_atomic(pa.table({ID_COLUMN: table.column(ID_COLUMN),
                                    "embedding": pa.array(list(vectors), pa.list_(pa.float32()))}),
                          out)
-    write_json_atomic({"seconds": seconds, "users": len(texts)}, meta)
-    return vectors.astype(np.float64), seconds
+    write_json_atomic({"seconds": seconds, "users": table.num_rows, "fields": fields,
+                       "distinct_strings": distinct}, meta)
+    return vectors.astype(np.float64), seconds, distinct
 
 
 def oracle_matrix(data_dir: Path, table: pa.Table, taxonomy: Taxonomy) -> np.ndarray | None:
@@ -599,6 +648,7 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
     out.mkdir(parents=True, exist_ok=True)
     schema = data_profile_schema(data_dir, settings)
     taxonomy = settings.taxonomy()
+    low_predicate = low_activity_predicate(schema, cfg.low_activity, console)  # before any work
 
     frame = training_frame(data_dir, settings, console)
     active_name, revenue_name = json.loads(layout.manifest.read_text())["label_names"]
@@ -618,7 +668,7 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
     profiles = frame.select([ID_COLUMN] + schema.names)  # (A): the ltv_profile_only service
     covered = covered_users(data_dir)
     test = split_test(ids, covered, cfg.test_fraction, cfg.split_seed)
-    low = low_activity_mask(profiles, cfg.low_activity)
+    low = low_activity_mask(profiles, low_predicate)
     everyone = np.arange(len(ids))
 
     sets: list[FeatureSet] = [FeatureSet("A", "A: profile only", None)]
@@ -626,9 +676,13 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
         sets.append(FeatureSet("A-gbdt", "A-gbdt: profile only, boosted trees", None,
                                model="gbdt"))
     profile_only = list(sets)
-    text, text_seconds = profile_text_matrix(data_dir, frame, schema, console, progress)
-    sets.append(FeatureSet("B", "B: + MiniLM profile text", text,
-                           {"sentence_model_seconds": round(text_seconds, 1)}))
+    text, text_seconds, distinct = profile_text_matrix(data_dir, frame, schema, console, progress)
+    if text is None:
+        console.print("  no text or tag fields: row B (their sentence embedding) is left out")
+    else:
+        sets.append(FeatureSet("B", "B: + MiniLM of text fields", text,
+                               {"sentence_model_seconds": round(text_seconds, 1),
+                                "distinct_strings": distinct}))
     reasoning = reasoning_sets(data_dir, settings, frame, ids, covered, console, progress) \
         if has_reasoning(data_dir) else None
     if reasoning is None:
@@ -668,7 +722,7 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
     results = {
         "data_dir": str(data_dir), "preset": settings.preset, "users": int(len(ids)),
         "dropped_unlabelled": int(dropped), "test_users": int(test.sum()),
-        "low_activity": {"predicate": cfg.low_activity, "users": int(low.sum()),
+        "low_activity": {"predicate": low_predicate, "users": int(low.sum()),
                          "test_users": int((low & test).sum())},
         "covered_users": int(len(covered)), "seeds": cfg.seeds,
         "split": {"test_fraction": cfg.test_fraction, "seed": cfg.split_seed,

@@ -232,7 +232,9 @@ def write_report(results: dict[str, Any], predictions: Path, out: Path) -> Path:
         f"`{results['preset']}`). One split: {results['test_users']:,} test users (hash of the "
         f"id, {results['split']['test_fraction']:.0%}; the {results['covered_users']:,} users "
         "the student was trained on are always in train). Low-activity slice: "
-        f"`{low['predicate']}` ({low['test_users']:,} test users). Model seeds "
+        + (f"`{low['predicate']}` ({low['test_users']:,} test users)" if low["predicate"]
+           else "none (`ltv.low_activity` unset or not applicable to these columns)")
+        + ". Model seeds "
         f"{results['seeds']}: cells are mean ± standard deviation over seeds; the split is fixed.",
         "",
         "## Comparison (test users)",
