@@ -27,6 +27,10 @@ a stage's run summary sits beside its output (:func:`run_summary_path`).
 Per state type ``T`` of the taxonomy, the tables name their columns ``T`` (the value), ``T_prob``
 (its probability), ``T_probs`` (the distribution in taxonomy order), and the teacher's also
 ``T_entropy`` and ``T_evidence``; the on-demand feature view prefixes its outputs with ``live_``.
+
+Users are split (train / val / test, holdouts, samples, orders) by one seeded hash of the user id,
+:func:`user_hash01`: a split never depends on row order, process or platform.
+
 Nothing here reads or writes a file: ``data/io.py`` does the I/O.
 """
 
@@ -36,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+import numpy as np
 import pyarrow as pa
 
 from scaletot_features.profile import ID_COLUMN, TIMESTAMP_COLUMN, TIMESTAMP_TYPE
@@ -439,6 +444,41 @@ def live_columns(type_names: Iterable[str]) -> list[str]:
     """Every output of the on-demand view, in order: the embedding, then per type its columns."""
     return [live_column(EMBEDDING)] + [live_column(c) for t in type_names
                                        for c in state_columns(t)]
+
+
+# --------------------------------------------------------------------------- the user-hash split
+
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def user_hash01(user_ids: Iterable[int] | np.ndarray, seed: int = 0) -> np.ndarray:
+    """A uniform number in [0, 1) per user id: splitmix64 of ``id + golden * (seed + 1)``.
+
+    Every split of users by id is built on this one hash (a fraction: :func:`hash_mask`; an
+    order: :func:`hash_order`), so it is deterministic across processes and platforms (no
+    Python ``hash()``), independent of row order, and a copy of a duplicated id always lands
+    on the same side. Different seeds give unrelated splits of the same users.
+    """
+    ids = np.asarray(user_ids, dtype=np.int64).reshape(-1)
+    offset = np.uint64((_GOLDEN * (int(seed) + 1)) % 2**64)
+    with np.errstate(over="ignore"):
+        z = ids.view(np.uint64) + offset
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+def hash_mask(user_ids: Iterable[int] | np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """True for about ``fraction`` of the users, chosen by :func:`user_hash01` (binomial count)."""
+    return user_hash01(user_ids, seed) < fraction
+
+
+def hash_order(user_ids: Iterable[int] | np.ndarray, seed: int = 0) -> np.ndarray:
+    """The indices that put the users in :func:`user_hash01` order (ties by id): the first
+    ``k`` of it is an exact-size sample that grows by nesting as ``k`` grows."""
+    ids = np.asarray(user_ids, dtype=np.int64).reshape(-1)
+    return np.lexsort((ids, user_hash01(ids, seed)))
 
 
 # --------------------------------------------------------------------------- label columns

@@ -55,6 +55,7 @@ from scaletot_features.dataset import (
     STUDENT,
     DatasetLayout,
     distill_target_schema,
+    hash_mask,
     part_file,
     prob_column,
     run_summary_path,
@@ -235,16 +236,6 @@ def project(reps: np.ndarray, p: dict[str, torch.Tensor]) -> np.ndarray:
 # --------------------------------------------------------------------------- split
 
 
-def _hash01(ids: np.ndarray, seed: int) -> np.ndarray:
-    """splitmix64 of (id + seed) mapped to [0, 1): a split that does not depend on row order."""
-    with np.errstate(over="ignore"):
-        z = ids.astype(np.int64).view(np.uint64) + np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(2 ** 53)
-
-
 def split_users(user_ids: np.ndarray, data_dir: Path, settings: Settings) -> tuple[np.ndarray, str]:
     """'train' / 'val' / 'test' per user, and where the test split came from."""
     cfg = settings.encoder
@@ -257,9 +248,9 @@ def split_users(user_ids: np.ndarray, data_dir: Path, settings: Settings) -> tup
         test = np.array([u in held for u in user_ids.tolist()], dtype=bool)
         source = f"student holdout ({path})"
     else:
-        test = _hash01(user_ids, cfg.seed) < cfg.holdout_fraction
+        test = hash_mask(user_ids, cfg.holdout_fraction, cfg.seed)
     split[test] = "test"
-    val = (~test) & (_hash01(user_ids, cfg.seed + 7919) < cfg.val_fraction)
+    val = (~test) & hash_mask(user_ids, cfg.val_fraction, cfg.seed + 7919)
     split[val] = "val"
     if not (split == "train").any():
         raise TargetsError("no covered user is left for training after the val/test split")

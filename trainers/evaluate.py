@@ -54,6 +54,8 @@ from scaletot_features.dataset import (
     DatasetLayout,
     ReasoningChunk,
     STUDENT_MODELS,
+    hash_mask,
+    hash_order,
     probs_column,
     run_summary_path,
     student_manifest,
@@ -62,7 +64,6 @@ from scaletot_features.encoder.embed import data_profile_schema, encoder_dir, fe
 from scaletot_features.ltv.metrics import summarize
 from scaletot_features.profile import ID_COLUMN, ProfileSchema
 from scaletot_features.taxonomy import Taxonomy
-from trainers.distill_encoder import _hash01
 from trainers.ltv import LTVModel
 
 SLICES = ("all", "low_activity")
@@ -111,7 +112,7 @@ def training_frame(data_dir: Path, settings: Settings, console: Console) -> pa.T
 def split_test(user_ids: np.ndarray, covered: np.ndarray, test_fraction: float,
                seed: int) -> np.ndarray:
     """True for test users: a hash of the id, never a user the student was trained on."""
-    test = _hash01(user_ids, seed + 31337) < test_fraction
+    test = hash_mask(user_ids, test_fraction, seed + 31337)
     return test & ~np.isin(user_ids, covered)
 
 
@@ -246,8 +247,8 @@ def reasoning_order(user_ids: np.ndarray, covered: np.ndarray, seed: int) -> np.
     is_cov = np.isin(user_ids, covered)
     cov = user_ids[is_cov]
     rest = user_ids[~is_cov]
-    cov = cov[np.argsort(_hash01(cov, seed + 17), kind="stable")]
-    rest = rest[np.argsort(_hash01(rest, seed + 17), kind="stable")]
+    cov = cov[hash_order(cov, seed + 17)]
+    rest = rest[hash_order(rest, seed + 17)]
     return np.concatenate([cov, rest])
 
 

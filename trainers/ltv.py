@@ -29,6 +29,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from scaletot_features.dataset import hash_mask
 from scaletot_features.encoder.featurizer import NUMERIC_CLIP, Features, Featurizer
 from scaletot_features.encoder.model import FieldInputs, NetworkShape
 from scaletot_features.ltv.ziln import (
@@ -39,7 +40,7 @@ from scaletot_features.ltv.ziln import (
     ziln_loss,
     ziln_predict,
 )
-from scaletot_features.profile import ProfileSchema
+from scaletot_features.profile import ID_COLUMN, ProfileSchema
 
 __all__ = ["LTVModel", "LTVNet", "LTVPredictions"]
 
@@ -73,11 +74,6 @@ class LTVPredictions:
     payer_prob: np.ndarray  # p(revenue > 0)
     active: np.ndarray  # expected active days
     retained_prob: np.ndarray  # p(active days >= retained_threshold)
-
-
-def _split_mask(n: int, fraction: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed + 104729)
-    return rng.random(n) < fraction
 
 
 class LTVModel:
@@ -141,7 +137,12 @@ class LTVModel:
             raise ValueError("labels contain NaN (users without a known label must be dropped)")
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
-        val = _split_mask(n, self.val_fraction, self.seed) if n >= 20 else np.zeros(n, bool)
+        if ID_COLUMN not in profiles.column_names:
+            raise ValueError(f"profiles need a {ID_COLUMN!r} column (the validation split is by "
+                             "user id)")
+        ids = profiles.column(ID_COLUMN).to_numpy(zero_copy_only=False)
+        val = (hash_mask(ids, self.val_fraction, self.seed + 104729) if n >= 20
+               else np.zeros(n, bool))
         train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
 
         self.featurizer_ = Featurizer.fit(profiles.take(pa.array(train_idx)), self.schema,
