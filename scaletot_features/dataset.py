@@ -450,17 +450,36 @@ def live_columns(type_names: Iterable[str]) -> list[str]:
 
 _GOLDEN = 0x9E3779B97F4A7C15
 
+SPLIT_USES: dict[str, int] = {
+    "gate_sample": 0,         # validation/gate: the id-hash sample of a big table
+    "coverage": 1_000_003,    # reasoning/coverage: the order within a stratum
+    "student_holdout": 0,     # trainers/sft: the student's holdout (an exact count)
+    "encoder_test": 0,        # trainers/distill_encoder: test, when there is no student holdout
+    "encoder_val": 7919,      # trainers/distill_encoder: early-stopping users
+    "eval_test": 31337,       # trainers/evaluate: the LTV comparison's test users
+    "eval_order": 17,         # trainers/evaluate: who the LLM reasons about first
+    "ltv_val": 104729,        # trainers/ltv: the LTV model's early-stopping users
+}
+"""Every split of users by id, and the offset its configured seed gets. Splits drawn with the
+same seed and the same offset are the same split: the coverage subset (the lowest hashes of each
+stratum) at offset 0 would have been held out whole by the encoder's ``hash < 0.2`` test split."""
 
-def user_hash01(user_ids: Iterable[int] | np.ndarray, seed: int = 0) -> np.ndarray:
-    """A uniform number in [0, 1) per user id: splitmix64 of ``id + golden * (seed + 1)``.
+
+def user_hash01(user_ids: Iterable[int] | np.ndarray, seed: int = 0,
+                use: str | None = None) -> np.ndarray:
+    """A uniform number in [0, 1) per user id: splitmix64 of ``id + golden * (s + 1)`` where
+    ``s = seed + SPLIT_USES[use]`` (``use`` None: ``s = seed``).
 
     Every split of users by id is built on this one hash (a fraction: :func:`hash_mask`; an
     order: :func:`hash_order`), so it is deterministic across processes and platforms (no
     Python ``hash()``), independent of row order, and a copy of a duplicated id always lands
-    on the same side. Different seeds give unrelated splits of the same users.
+    on the same side. Different seeds (or uses) give unrelated splits of the same users.
     """
+    if use is not None and use not in SPLIT_USES:
+        raise ValueError(f"unknown split use {use!r}; known: {sorted(SPLIT_USES)}")
+    s = int(seed) + (SPLIT_USES[use] if use is not None else 0)
     ids = np.asarray(user_ids, dtype=np.int64).reshape(-1)
-    offset = np.uint64((_GOLDEN * (int(seed) + 1)) % 2**64)
+    offset = np.uint64((_GOLDEN * (s + 1)) % 2**64)
     with np.errstate(over="ignore"):
         z = ids.view(np.uint64) + offset
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -469,16 +488,18 @@ def user_hash01(user_ids: Iterable[int] | np.ndarray, seed: int = 0) -> np.ndarr
     return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
-def hash_mask(user_ids: Iterable[int] | np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+def hash_mask(user_ids: Iterable[int] | np.ndarray, fraction: float, seed: int = 0,
+              use: str | None = None) -> np.ndarray:
     """True for about ``fraction`` of the users, chosen by :func:`user_hash01` (binomial count)."""
-    return user_hash01(user_ids, seed) < fraction
+    return user_hash01(user_ids, seed, use) < fraction
 
 
-def hash_order(user_ids: Iterable[int] | np.ndarray, seed: int = 0) -> np.ndarray:
+def hash_order(user_ids: Iterable[int] | np.ndarray, seed: int = 0,
+               use: str | None = None) -> np.ndarray:
     """The indices that put the users in :func:`user_hash01` order (ties by id): the first
     ``k`` of it is an exact-size sample that grows by nesting as ``k`` grows."""
     ids = np.asarray(user_ids, dtype=np.int64).reshape(-1)
-    return np.lexsort((ids, user_hash01(ids, seed)))
+    return np.lexsort((ids, user_hash01(ids, seed, use)))
 
 
 # --------------------------------------------------------------------------- label columns

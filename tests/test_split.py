@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from scaletot_features.dataset import hash_mask, hash_order, user_hash01
+from scaletot_features.dataset import SPLIT_USES, hash_mask, hash_order, user_hash01
 
 IDS = np.arange(10_000, 30_000, dtype=np.int64)
 
@@ -60,3 +60,19 @@ def test_order_is_order_free_and_nests():
     h = user_hash01(order, 11)
     assert (np.diff(h) >= 0).all()
     assert not np.array_equal(order, IDS[hash_order(IDS, 12)])
+
+
+def test_each_use_is_its_own_split():
+    # the coverage subset is the lowest hashes at its seed; the encoder's test split at the same
+    # configured seed must not be "the lowest hashes" too, or it holds the whole subset out
+    covered = IDS[hash_order(IDS, 0, "coverage")[:1500]]
+    assert 0.1 < hash_mask(covered, 0.2, 0, "encoder_test").mean() < 0.3
+    offsets = {}
+    for use, offset in SPLIT_USES.items():
+        offsets.setdefault(offset, []).append(use)
+    # uses that share an offset share a split on purpose: the gate's sample has no consumer,
+    # and the encoder falls back to the student's holdout rule only when that split is absent
+    assert [sorted(u) for u in offsets.values() if len(u) > 1] == [
+        ["encoder_test", "gate_sample", "student_holdout"]]
+    with pytest.raises(ValueError, match="unknown split use"):
+        user_hash01(IDS, 0, "nope")

@@ -248,9 +248,9 @@ def split_users(user_ids: np.ndarray, data_dir: Path, settings: Settings) -> tup
         test = np.array([u in held for u in user_ids.tolist()], dtype=bool)
         source = f"student holdout ({path})"
     else:
-        test = hash_mask(user_ids, cfg.holdout_fraction, cfg.seed)
+        test = hash_mask(user_ids, cfg.holdout_fraction, cfg.seed, "encoder_test")
     split[test] = "test"
-    val = (~test) & hash_mask(user_ids, cfg.val_fraction, cfg.seed + 7919)
+    val = (~test) & hash_mask(user_ids, cfg.val_fraction, cfg.seed, "encoder_val")
     split[val] = "val"
     if not (split == "train").any():
         raise TargetsError("no covered user is left for training after the val/test split")

@@ -112,7 +112,7 @@ def training_frame(data_dir: Path, settings: Settings, console: Console) -> pa.T
 def split_test(user_ids: np.ndarray, covered: np.ndarray, test_fraction: float,
                seed: int) -> np.ndarray:
     """True for test users: a hash of the id, never a user the student was trained on."""
-    test = hash_mask(user_ids, test_fraction, seed + 31337)
+    test = hash_mask(user_ids, test_fraction, seed, "eval_test")
     return test & ~np.isin(user_ids, covered)
 
 
@@ -247,8 +247,8 @@ def reasoning_order(user_ids: np.ndarray, covered: np.ndarray, seed: int) -> np.
     is_cov = np.isin(user_ids, covered)
     cov = user_ids[is_cov]
     rest = user_ids[~is_cov]
-    cov = cov[hash_order(cov, seed + 17)]
-    rest = rest[hash_order(rest, seed + 17)]
+    cov = cov[hash_order(cov, seed, "eval_order")]
+    rest = rest[hash_order(rest, seed, "eval_order")]
     return np.concatenate([cov, rest])
 
 

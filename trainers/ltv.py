@@ -141,7 +141,7 @@ class LTVModel:
             raise ValueError(f"profiles need a {ID_COLUMN!r} column (the validation split is by "
                              "user id)")
         ids = profiles.column(ID_COLUMN).to_numpy(zero_copy_only=False)
-        val = (hash_mask(ids, self.val_fraction, self.seed + 104729) if n >= 20
+        val = (hash_mask(ids, self.val_fraction, self.seed, "ltv_val") if n >= 20
                else np.zeros(n, bool))
         train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
 

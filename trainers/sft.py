@@ -48,7 +48,7 @@ def make_split(user_ids: list[int], holdout_fraction: float, seed: int) -> pa.Ta
     Exactly ``round(holdout_fraction * n)`` users are held out: the first of the user-hash order.
     """
     ids = sorted(set(int(u) for u in user_ids))
-    ranked = np.asarray(ids, dtype=np.int64)[hash_order(ids, seed)].tolist()
+    ranked = np.asarray(ids, dtype=np.int64)[hash_order(ids, seed, "student_holdout")].tolist()
     n_hold = round(holdout_fraction * len(ids))
     if holdout_fraction > 0 and len(ids) >= 2:
         n_hold = min(max(n_hold, 1), len(ids) - 1)  # both sides non-empty

@@ -229,7 +229,8 @@ def _read_maybe_sampled(path: Path, max_rows: int) -> tuple[pd.DataFrame, int, b
     # uniqueness check still sees duplicates in the sample), and profiles and labels are sampled
     # to the same users
     for batch in iter_batches(path):
-        mask = hash_mask(batch.column(ID_COLUMN).to_numpy(zero_copy_only=False), fraction)
+        ids = batch.column(ID_COLUMN).to_numpy(zero_copy_only=False)
+        mask = hash_mask(ids, fraction, use="gate_sample")
         if mask.any():
             kept.append(pa.Table.from_batches([batch]).filter(pa.array(mask)))
     if not kept:

@@ -2,9 +2,10 @@
 
 Stratified by segment (acquisition channel x profile-sparsity bucket by default): each stratum
 contributes round(fraction x its size) users, at least one where the stratum is not empty, so
-rare segments are represented. Within a stratum users are ranked by a seeded hash of their id,
-which makes the choice deterministic, independent of row order, and computable in one DuckDB
-pass over parquet of any size.
+rare segments are represented. Within a stratum users are ranked by the seeded user-id hash
+every split uses (:func:`scaletot_features.dataset.user_hash01`, registered in DuckDB as a
+vectorised function), which makes the choice deterministic on any platform and DuckDB version,
+independent of row order, and computable in one DuckDB pass over parquet of any size.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import duckdb
 import pyarrow as pa
 
 from scaletot_features.data.io import parquet_files
+from scaletot_features.dataset import user_hash01
 from scaletot_features.profile import ProfileSchema
 
 SPARSITY = "sparsity_bucket"
@@ -99,6 +101,10 @@ def select_coverage(
     if not 0 < fraction <= 1:
         raise ValueError(f"coverage fraction must be in (0, 1], got {fraction}")
     con = duckdb.connect()
+    con.create_function(
+        "user_hash01",
+        lambda ids: pa.array(user_hash01(ids.to_numpy(zero_copy_only=False), seed, "coverage")),
+        ["BIGINT"], "DOUBLE", type="arrow")
     try:
         seg = segment_table(profiles, schema, strata)
         con.sql(f"CREATE TEMP TABLE seg AS {seg}")
@@ -108,9 +114,9 @@ def select_coverage(
             total = min(total, max_users)
         quota = allocate(counts, total)
         con.register("quota", pa.table({"stratum": list(quota), "q": list(quota.values())}))
-        sql = f"""
+        sql = """
         WITH ranked AS (
-            SELECT *, row_number() OVER (PARTITION BY stratum ORDER BY hash(user_id, {int(seed)}), user_id) AS r
+            SELECT *, row_number() OVER (PARTITION BY stratum ORDER BY user_hash01(user_id), user_id) AS r
             FROM seg
         )
         SELECT ranked.* EXCLUDE (r) FROM ranked JOIN quota USING (stratum)
