@@ -31,7 +31,8 @@ Per state type ``T`` of the taxonomy, the tables name their columns ``T`` (the v
 Users are split (train / val / test, holdouts, samples, orders) by one seeded hash of the user id,
 :func:`user_hash01`: a split never depends on row order, process or platform.
 
-Nothing here reads or writes a file: ``data/io.py`` does the I/O.
+Nothing here writes a file, and only :func:`embedding_dim` reads one (a manifest, or the first
+row groups of a table): ``data/io.py`` does the I/O.
 """
 
 from __future__ import annotations
@@ -609,3 +610,37 @@ def reasoning_feature_schema(taxonomy: Taxonomy) -> pa.Schema:
                  pa.field(probs_column(t.name), pa.list_(pa.float64()))]
     cols += [pa.field("provenance", pa.string()), pa.field("model_version", pa.string())]
     return pa.schema(cols)
+
+
+def embedding_dim(path: Path | str) -> int:
+    """The embedding size of an encoder artifact folder or of a reasoning-features table folder.
+
+    An encoder folder answers with its manifest's ``dim``; a table (``part-*.parquet``) with the
+    length of its first non-null ``embedding`` (0 when every row's is null). Anything else is
+    refused: ``FileNotFoundError`` for a folder that is neither, ``ValueError`` for a manifest
+    that is not an encoder's (a dataset's ``manifest.json`` has no ``dim``).
+    """
+    import json
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    manifest = encoder_manifest(path)
+    if manifest.exists():
+        dim = json.loads(manifest.read_text()).get("dim")
+        if not isinstance(dim, int):
+            raise ValueError(f"{manifest} is not an encoder manifest (no integer 'dim')")
+        return dim
+    parts = sorted(path.glob(PART_GLOB))
+    if not parts:
+        raise FileNotFoundError(f"{path} is neither an encoder artifact nor a table of "
+                                f"{PART_GLOB} parts")
+    for part in parts:
+        f = pq.ParquetFile(part)
+        for group in range(f.num_row_groups):
+            column = f.read_row_group(group, columns=[EMBEDDING]).column(0)
+            lengths = pc.drop_null(pc.list_value_length(column))
+            if len(lengths):
+                return int(lengths[0].as_py())
+    return 0

@@ -29,7 +29,13 @@ from scaletot_features.data.io import (
     read_table,
     write_json_atomic,
 )
-from scaletot_features.dataset import PART_GLOB, DatasetLayout, encoder_manifest, hash_mask
+from scaletot_features.dataset import (
+    PART_GLOB,
+    DatasetLayout,
+    embedding_dim,
+    encoder_manifest,
+    hash_mask,
+)
 from scaletot_features.profile import ID_COLUMN, ProfileSchema
 from validation.suites import Suite, label_suite, reasoning_feature_suite, sparse_profile_suite
 
@@ -294,13 +300,10 @@ def _taxonomy_and_dim(data_dir: Path, settings: "Settings | None") -> tuple[Any,
         from scaletot_features.encoder.artifact import read_manifest, taxonomy_from_json
 
         m = read_manifest(folder)
-        return taxonomy_from_json(m["taxonomy"]), int(m["dim"])
-    taxonomy = settings.taxonomy() if settings is not None else DEFAULT_TAXONOMY
+        return taxonomy_from_json(m["taxonomy"]), embedding_dim(folder)
     if settings is not None:
-        return taxonomy, settings.encoder.dim
-    first = next(iter_batches(DatasetLayout(data_dir).features.reasoning, batch_size=1,
-                              columns=["embedding"]))
-    return taxonomy, len(first.column(0)[0].as_py())
+        return settings.taxonomy(), settings.encoder.dim
+    return DEFAULT_TAXONOMY, embedding_dim(DatasetLayout(data_dir).features.reasoning)
 
 
 def reasoning_gate(data_dir: Path | str, settings: "Settings | None" = None,

@@ -1,11 +1,12 @@
 """Batch embedding of every user: profiles -> reasoning features, locally or with Ray Data.
 
-Output: ``DIR/features/reasoning_features/part-*.parquet`` with :func:`feature_schema` (one row per
-profile row, so every user exactly once: profile ids are unique, the sparse-profile gate checks
-it). Provenance is ``"encoder"`` for every row, covered users included: the batch table is then one
-function of the profile, the same one the on-demand feature view computes for a request-time
-profile, so offline and online features agree and a covered user's features do not change in kind
-when the LLM stages are re-run. The teacher's and student's chains stay in their own tables.
+Output: ``DIR/features/reasoning_features/part-*.parquet`` with
+``dataset.reasoning_feature_schema`` (one row per profile row, so every user exactly once:
+profile ids are unique, the sparse-profile gate checks it). Provenance is ``"encoder"`` for
+every row, covered users included: the batch table is then one function of the profile, the same
+one the on-demand feature view computes for a request-time profile, so offline and online
+features agree and a covered user's features do not change in kind when the LLM stages are
+re-run. The teacher's and student's chains stay in their own tables.
 
 Local engine: the profiles are read in record batches (``data.io.iter_batches``), encoded and
 written one part per batch, so peak memory follows ``embed_batch_size``, not the population.
@@ -55,7 +56,6 @@ from scaletot_features.encoder.artifact import load_encoder
 from scaletot_features.encoder.model import Encoder
 from scaletot_features.profile import ID_COLUMN, ProfileSchema
 from scaletot_features.runtime import torch_threads
-from scaletot_features.taxonomy import Taxonomy
 
 # Float lists barely compress, and writing is the slowest step of the pipeline: snappy without
 # dictionary pages on the float columns wrote a 65k-user part in 0.51 s vs 1.67 s for zstd-1 with
@@ -69,13 +69,6 @@ def encoder_dir(data_dir: Path) -> Path:
 
 def features_dir(data_dir: Path) -> Path:
     return DatasetLayout(data_dir).features.reasoning
-
-
-def feature_schema(taxonomy: Taxonomy, dim: int) -> pa.Schema:
-    """The reasoning-feature table (``dataset.reasoning_feature_schema``; ``dim`` is
-    informational: list<float32>)."""
-    del dim  # the list length is checked by validation.suites.reasoning_feature_suite
-    return reasoning_feature_schema(taxonomy)
 
 
 def data_profile_schema(data_dir: Path, settings: Settings) -> ProfileSchema:
@@ -330,7 +323,7 @@ def embed_population(data_dir: Path | str, settings: Settings, engine: str | Non
     taxonomy = settings.taxonomy()
     encoder, manifest = load_encoder(folder, schema=data_profile_schema(data_dir, settings),
                                      taxonomy=taxonomy)
-    schema = feature_schema(taxonomy, encoder.dim)
+    schema = reasoning_feature_schema(taxonomy)  # its embedding length: the suite checks it
     batch_size = batch_size or (settings.encoder.embed_batch_size if engine == "local"
                                 else settings.encoder.ray_batch_size)
     target = Path(out) if out else features_dir(data_dir)
