@@ -214,3 +214,19 @@ def test_gpu_and_cpu_give_the_same_features_within_tolerance(embedded):
                                    pc.list_flatten(b.column(f"{t}_probs")).to_numpy(), atol=1e-4)
         agree = np.mean(np.array(a.column(t).to_pylist()) == np.array(b.column(t).to_pylist()))
         assert agree > 0.999, t  # only near-ties may flip
+
+
+def test_a_ray_actor_gives_the_torch_thread_count_back(embedded):
+    """In Ray's local mode an actor runs in the driver's process: its pin must not leak."""
+    import torch
+
+    from scaletot_features.encoder.embed import EncodeBatches
+    from scaletot_features.runtime import torch_threads
+
+    data, _ = embedded
+    batch = read_table(data / "profiles").slice(0, 5)
+    with torch_threads(2):
+        actor = EncodeBatches(str(data / "encoder"), device="cpu", threads=1)
+        out = actor(batch)
+        assert torch.get_num_threads() == 2
+    assert out.num_rows == 5

@@ -67,6 +67,7 @@ from scaletot_features.encoder.featurizer import Featurizer
 from scaletot_features.encoder.model import Encoder, NetworkShape, ProfileEncoderNet
 from scaletot_features.profile import ID_COLUMN, ProfileSchema
 from scaletot_features.reasoning.prompts import student_prompt
+from scaletot_features.runtime import torch_threads
 from scaletot_features.taxonomy import Taxonomy
 
 
@@ -350,15 +351,11 @@ def distill_encoder(data_dir: Path | str, settings: Settings, targets: Path | No
         raise TargetsError(f"{profiles_dir} has duplicate user ids among the target users "
                            "(run the sparse-profile gate)")
 
-    threads = torch.get_num_threads()
     # Minibatches of a few hundred rows: OpenMP's fork/join costs more than it saves (on two
     # shared cores a 67x128 matmul took 9 ms with 2 threads, 0.03 ms with 1).
-    torch.set_num_threads(cfg.train_threads or threads)
-    try:
+    with torch_threads(cfg.train_threads):
         return _distill(data_dir, settings, tgt, info, profiles, target_path, progress, out,
                         device, t0)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _distill(data_dir: Path, settings: Settings, tgt: pa.Table, info: dict[str, Any],

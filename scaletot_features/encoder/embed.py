@@ -187,17 +187,18 @@ class _progress:  # noqa: N801 - a small context manager
 
 
 class EncodeBatches:
-    """Ray Data callable class: one loaded encoder per actor."""
+    """Ray Data callable class: one loaded encoder per actor.
+
+    ``threads`` holds for each batch and is given back after it: in Ray's local mode the actor
+    shares the driver's process, and its torch setting with it."""
 
     def __init__(self, folder: str, device: str | None = None, threads: int | None = None) -> None:
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
+        self.threads = threads
         self.encoder, _ = load_encoder(folder, device=device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.encoder.feature_table(batch)
+        with torch_threads(self.threads):
+            return self.encoder.feature_table(batch)
 
 
 def ray_tmpdir(settings: Settings) -> Path:

@@ -29,6 +29,7 @@ from feast.errors import FeastError
 from scaletot_features.dataset import (
     EMBEDDING, LIVE_PREFIX, live_column, live_columns, state_columns,
 )
+from scaletot_features.runtime import torch_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     from scaletot_features.encoder.model import Encoder
@@ -184,16 +185,10 @@ def predict_rows(encoder: "Encoder", cols: Mapping[str, list[Any]], n: int) -> t
     # OpenMP barrier for the other thread, which a busy machine schedules late (measured on 2
     # loaded cores: 26 ms vs 0.1 ms per forward pass of one row). The lock keeps the global
     # setting consistent when a server encodes several requests at once.
-    with _torch_lock:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with torch.inference_mode():
-                emb, logits = encoder.net(feats)
-                probs = [torch.softmax(part.double(), dim=1).cpu().numpy()
-                         for part in torch.split(logits, splits, dim=1)]
-        finally:
-            torch.set_num_threads(previous)
+    with _torch_lock, torch_threads(1), torch.inference_mode():
+        emb, logits = encoder.net(feats)
+        probs = [torch.softmax(part.double(), dim=1).cpu().numpy()
+                 for part in torch.split(logits, splits, dim=1)]
     return emb.float().cpu().numpy(), probs
 
 
