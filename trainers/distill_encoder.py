@@ -69,6 +69,7 @@ from scaletot_features.profile import ID_COLUMN, ProfileSchema
 from scaletot_features.reasoning.prompts import student_prompt
 from scaletot_features.runtime import torch_threads
 from scaletot_features.taxonomy import Taxonomy
+from trainers.early_stopping import EarlyStopping
 
 
 class TargetsError(ValueError):
@@ -388,7 +389,7 @@ def _distill(data_dir: Path, settings: Settings, tgt: pa.Table, info: dict[str, 
     lab_t = {s: torch.from_numpy(labels_all[idx]).to(dev) for s, idx in sel.items()}
     watch = "val" if len(sel["val"]) else "train"
 
-    best, best_loss, best_epoch, stale, history = None, float("inf"), 0, 0, []
+    stopper, history = EarlyStopping(cfg.patience, min_delta=1e-6), []
     n_train = len(sel["train"])
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -415,15 +416,14 @@ def _distill(data_dir: Path, settings: Settings, tgt: pa.Table, info: dict[str, 
             watched_f = float(watched)
             history.append({"epoch": epoch, "train_loss": round(total / n_train, 6),
                             f"{watch}_loss": round(watched_f, 6)})
-            if watched_f < best_loss - 1e-6:
-                best, best_loss, best_epoch, stale = copy.deepcopy(net.state_dict()), watched_f, epoch, 0
-            else:
-                stale += 1
-            bar.update(task, advance=1, msg=f"{watch} loss {watched_f:.4f} (best {best_loss:.4f})")
-            if stale >= cfg.patience:
+            stop = stopper.step(watched_f, lambda: copy.deepcopy(net.state_dict()))
+            bar.update(task, advance=1,
+                       msg=f"{watch} loss {watched_f:.4f} (best {stopper.best_loss:.4f})")
+            if stop:
                 break
-    assert best is not None
-    net.load_state_dict(best)
+    assert stopper.best_state is not None
+    net.load_state_dict(stopper.best_state)
+    best_epoch = stopper.best_epoch
     net = net.cpu().eval()
 
     encoder = Encoder(net, featurizer, taxonomy, "pending", device=dev)

@@ -41,6 +41,7 @@ from scaletot_features.ltv.ziln import (
     ziln_predict,
 )
 from scaletot_features.profile import ID_COLUMN, ProfileSchema
+from trainers.early_stopping import EarlyStopping
 
 __all__ = ["LTVModel", "LTVNet", "LTVPredictions"]
 
@@ -167,7 +168,7 @@ class LTVModel:
         watch_feats = feats.take(watch)
         watch_dense = None if x_dense is None else x_dense[watch]
 
-        best, best_loss, stale, self.history_ = None, float("inf"), 0, []
+        stopper, self.history_ = EarlyStopping(self.patience, min_delta=1e-5), []
         for epoch in range(1, self.epochs + 1):
             self.net_.train()
             order = rng.permutation(train_idx)
@@ -185,17 +186,13 @@ class LTVModel:
             loss = float(r_loss + c_loss)
             self.history_.append({"epoch": epoch, "revenue_loss": float(r_loss),
                                   "active_loss": float(c_loss)})
-            if loss < best_loss - 1e-5:
-                best, best_loss, stale = copy.deepcopy(self.net_.state_dict()), loss, 0
-                self.best_epoch_ = epoch
-            else:
-                stale += 1
-                if stale >= self.patience:
-                    break
-        assert best is not None
-        self.net_.load_state_dict(best)
+            if stopper.step(loss, lambda: copy.deepcopy(self.net_.state_dict())):
+                break
+        assert stopper.best_state is not None
+        self.net_.load_state_dict(stopper.best_state)
         self.net_.eval()
-        self.val_loss_ = best_loss
+        self.best_epoch_ = stopper.best_epoch
+        self.val_loss_ = stopper.best_loss
         return self
 
     @torch.inference_mode()
