@@ -10,6 +10,7 @@ import math
 from enum import Enum
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -177,10 +178,17 @@ DEFAULT_PROFILE_SCHEMA = ProfileSchema(
 )
 
 
-def sparsity_bucket(n_present_optional: int) -> str:
-    """Coverage strata and the low-activity slice use this coarse count of optional fields."""
-    if n_present_optional <= 0:
-        return "bare"
-    if n_present_optional <= 2:
-        return "sparse"
-    return "rich"
+SPARSITY_COLUMN = "sparsity_bucket"
+"""A derived coverage stratum (and OSIPO user segment): how many optional fields are present."""
+SPARSITY_BUCKETS: tuple[tuple[str, int | None], ...] = (("bare", 0), ("sparse", 2), ("rich", None))
+"""The buckets in order, each with the largest count of present optional fields it holds (the
+last one: no bound). The one definition: ``sparsity_bucket`` (numpy, validation) and
+``reasoning.coverage.sparsity_sql`` (DuckDB, coverage selection) are both built from it."""
+
+
+def sparsity_bucket(n_present_optional: Any) -> np.ndarray:
+    """The :data:`SPARSITY_BUCKETS` name per count of present optional fields, vectorised."""
+    n = np.asarray(n_present_optional)
+    bounded = [(name, hi) for name, hi in SPARSITY_BUCKETS if hi is not None]
+    return np.select([n <= hi for _, hi in bounded], [name for name, _ in bounded],
+                     default=SPARSITY_BUCKETS[-1][0])
