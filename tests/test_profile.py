@@ -97,3 +97,36 @@ def test_sentence_style_states_each_present_field_on_its_own_line() -> None:
                                  "This user's sessions on first day is 0.",
                                  "This user's occupation is nurse."]
     assert S.to_text({}, style="sentences") == "(no profile information)"
+
+
+def test_check_value_types_every_kind_and_strict_holds_the_declaration():
+    from scaletot_features.profile import ProfileValueError, check_value
+
+    age, channel, tags = S.field("age"), S.field("acquisition_channel"), S.field("interests")
+    sessions = S.field("first_day_sessions")
+    assert check_value(age, np.int64(30)) == 30.0 and isinstance(check_value(age, 30), float)
+    assert check_value(age, None) is None and check_value(age, math.nan) is None
+    assert check_value(tags, np.array(["a", "b"], dtype=object)) == ["a", "b"]
+    for field, value, message in [
+        (age, "thirty", "expected a number or null, got 'thirty'"),
+        (age, True, "expected a number"),
+        (channel, 3, "expected a string or null"),
+        (tags, "chess", "expected a list of strings"),
+        (tags, ["a", 1], "tags must be strings, got 1"),
+    ]:
+        for strict in (True, False):  # the type is checked in both modes
+            with pytest.raises(ProfileValueError, match=message):
+                check_value(field, value, strict=strict)
+    strict_only = [
+        (sessions, None, "required, got null"),
+        (age, math.inf, "finite"),
+        (age, 30.5, "whole number"),
+        (age, 7, r"outside \[13"),
+        (channel, "carrier_pigeon", "is not one of"),
+        (tags, ["a", None], "tags must be strings, got None"),
+    ]
+    for field, value, message in strict_only:
+        with pytest.raises(ProfileValueError, match=message):
+            check_value(field, value)
+        check_value(field, value, strict=False)  # lenient: the encoder copes
+    assert check_value(tags, ["a", None], strict=False) == ["a"]
