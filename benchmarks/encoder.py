@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from scaletot_features.dataset import ENCODER, DatasetLayout  # noqa: E402
+from scaletot_features.runtime import torch_threads  # noqa: E402
 
 TARGET_USERS_PER_S = 100_000
 
@@ -139,9 +140,7 @@ def flops(encoder_dir: Path, data: Path, batch_size: int, threads: int) -> dict[
     from scaletot_features.data.io import iter_batches
     from scaletot_features.encoder import load_encoder
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         n = 2048
         a, b = torch.randn(n, n), torch.randn(n, n)
         best = float("inf")
@@ -169,16 +168,12 @@ def flops(encoder_dir: Path, data: Path, batch_size: int, threads: int) -> dict[
                 "forward_users_per_s": rows / best, "forward_flop_per_s": per_row * rows / best,
                 "forward_fraction_of_matmul": per_row * rows / best / matmul,
                 "featurise_users_per_s": rows / featurise_s}
-    finally:
-        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- main
 
 
 def build_encoder(data: Path, work: Path, coverage_users: int, targets: Path | None) -> dict:
-    import torch
-
     from scaletot_features.config import build_settings
     from scaletot_features.llm.hf import TransformersBackend
     from trainers.distill_encoder import chain_targets, distill_encoder
@@ -192,11 +187,12 @@ def build_encoder(data: Path, work: Path, coverage_users: int, targets: Path | N
     t0 = time.perf_counter()
     provenance = "given table"
     if targets is None:
-        torch.set_num_threads(1)  # the tiny LLM's small matmuls: far faster on 1 thread here
-        backend = TransformersBackend("tiny-random", device="cpu")
-        teach(data, s, backend=backend, progress=False)
-        targets = work / "targets"
-        chain_targets(data, load_chains(data), backend, targets, s.taxonomy())
+        # the tiny LLM's small matmuls: far faster on 1 thread here
+        with torch_threads(1):
+            backend = TransformersBackend("tiny-random", device="cpu")
+            teach(data, s, backend=backend, progress=False)
+            targets = work / "targets"
+            chain_targets(data, load_chains(data), backend, targets, s.taxonomy())
         provenance = "teacher chains (tiny random LLM) + its hidden states"
     teach_s = time.perf_counter() - t0
     summary = distill_encoder(data, s, targets=targets, progress=False, out=work / ENCODER)

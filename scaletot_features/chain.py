@@ -141,15 +141,6 @@ def parse_chain_values(text: str, taxonomy: Taxonomy) -> dict[str, str]:
     return out
 
 
-def parse_chain(
-    text: str, taxonomy: Taxonomy, provenance: Provenance = "student", model_id: str = ""
-) -> Chain:
-    """Parse chain text; probs and entropies are unknown from text alone, so left at 1 and 0."""
-    values = parse_chain_values(text, taxonomy)
-    nodes = tuple(ChainNode(type=t, value=v) for t, v in values.items())
-    return Chain(nodes, provenance=provenance, model_id=model_id)
-
-
 def segment_spans(text: str) -> list[tuple[int, int]]:
     """Character span [start, end) of each node's line: OSIPO's segments and pooling windows."""
     spans, start = [], 0

@@ -14,7 +14,12 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA, ProfileField, ProfileSchema
+from scaletot_features.profile import (
+    DEFAULT_PROFILE_SCHEMA,
+    SPARSITY_COLUMN,
+    ProfileField,
+    ProfileSchema,
+)
 from scaletot_features.taxonomy import DEFAULT_TAXONOMY, Taxonomy, load_taxonomy
 
 PresetName = Literal["tiny", "demo", "full"]
@@ -63,7 +68,7 @@ class ValidationConfig(_Section):
 
 class CoverageConfig(_Section):
     fraction: float = Field(0.0732, gt=0, le=1)
-    strata: list[str] = Field(default_factory=lambda: ["acquisition_channel", "sparsity_bucket"])
+    strata: list[str] = Field(default_factory=lambda: ["acquisition_channel", SPARSITY_COLUMN])
     seed: int = 0
     max_users: int | None = Field(None, ge=1, description="cap on covered users (tiny runs)")
 

@@ -27,7 +27,12 @@ a stage's run summary sits beside its output (:func:`run_summary_path`).
 Per state type ``T`` of the taxonomy, the tables name their columns ``T`` (the value), ``T_prob``
 (its probability), ``T_probs`` (the distribution in taxonomy order), and the teacher's also
 ``T_entropy`` and ``T_evidence``; the on-demand feature view prefixes its outputs with ``live_``.
-Nothing here reads or writes a file: ``data/io.py`` does the I/O.
+
+Users are split (train / val / test, holdouts, samples, orders) by one seeded hash of the user id,
+:func:`user_hash01`: a split never depends on row order, process or platform.
+
+Nothing here writes a file, and only :func:`embedding_dim` reads one (a manifest, or the first
+row groups of a table): ``data/io.py`` does the I/O.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+import numpy as np
 import pyarrow as pa
 
 from scaletot_features.profile import ID_COLUMN, TIMESTAMP_COLUMN, TIMESTAMP_TYPE
@@ -448,6 +454,62 @@ def live_columns(type_names: Iterable[str]) -> list[str]:
                                        for c in state_columns(t)]
 
 
+# --------------------------------------------------------------------------- the user-hash split
+
+_GOLDEN = 0x9E3779B97F4A7C15
+
+SPLIT_USES: dict[str, int] = {
+    "gate_sample": 0,         # validation/gate: the id-hash sample of a big table
+    "coverage": 1_000_003,    # reasoning/coverage: the order within a stratum
+    "student_holdout": 0,     # trainers/sft: the student's holdout (an exact count)
+    "encoder_test": 0,        # trainers/distill_encoder: test, when there is no student holdout
+    "encoder_val": 7919,      # trainers/distill_encoder: early-stopping users
+    "eval_test": 31337,       # trainers/evaluate: the LTV comparison's test users
+    "eval_order": 17,         # trainers/evaluate: who the LLM reasons about first
+    "ltv_val": 104729,        # trainers/ltv: the LTV model's early-stopping users
+}
+"""Every split of users by id, and the offset its configured seed gets. Splits drawn with the
+same seed and the same offset are the same split: the coverage subset (the lowest hashes of each
+stratum) at offset 0 would have been held out whole by the encoder's ``hash < 0.2`` test split."""
+
+
+def user_hash01(user_ids: Iterable[int] | np.ndarray, seed: int = 0,
+                use: str | None = None) -> np.ndarray:
+    """A uniform number in [0, 1) per user id: splitmix64 of ``id + golden * (s + 1)`` where
+    ``s = seed + SPLIT_USES[use]`` (``use`` None: ``s = seed``).
+
+    Every split of users by id is built on this one hash (a fraction: :func:`hash_mask`; an
+    order: :func:`hash_order`), so it is deterministic across processes and platforms (no
+    Python ``hash()``), independent of row order, and a copy of a duplicated id always lands
+    on the same side. Different seeds (or uses) give unrelated splits of the same users.
+    """
+    if use is not None and use not in SPLIT_USES:
+        raise ValueError(f"unknown split use {use!r}; known: {sorted(SPLIT_USES)}")
+    s = int(seed) + (SPLIT_USES[use] if use is not None else 0)
+    ids = np.asarray(user_ids, dtype=np.int64).reshape(-1)
+    offset = np.uint64((_GOLDEN * (s + 1)) % 2**64)
+    with np.errstate(over="ignore"):
+        z = ids.view(np.uint64) + offset
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(2**53)
+
+
+def hash_mask(user_ids: Iterable[int] | np.ndarray, fraction: float, seed: int = 0,
+              use: str | None = None) -> np.ndarray:
+    """True for about ``fraction`` of the users, chosen by :func:`user_hash01` (binomial count)."""
+    return user_hash01(user_ids, seed, use) < fraction
+
+
+def hash_order(user_ids: Iterable[int] | np.ndarray, seed: int = 0,
+               use: str | None = None) -> np.ndarray:
+    """The indices that put the users in :func:`user_hash01` order (ties by id): the first
+    ``k`` of it is an exact-size sample that grows by nesting as ``k`` grows."""
+    ids = np.asarray(user_ids, dtype=np.int64).reshape(-1)
+    return np.lexsort((ids, user_hash01(ids, seed, use)))
+
+
 # --------------------------------------------------------------------------- label columns
 
 
@@ -555,3 +617,37 @@ def reasoning_feature_schema(taxonomy: Taxonomy) -> pa.Schema:
                  pa.field(probs_column(t.name), pa.list_(pa.float64()))]
     cols += [pa.field("provenance", pa.string()), pa.field("model_version", pa.string())]
     return pa.schema(cols)
+
+
+def embedding_dim(path: Path | str) -> int:
+    """The embedding size of an encoder artifact folder or of a reasoning-features table folder.
+
+    An encoder folder answers with its manifest's ``dim``; a table (``part-*.parquet``) with the
+    length of its first non-null ``embedding`` (0 when every row's is null). Anything else is
+    refused: ``FileNotFoundError`` for a folder that is neither, ``ValueError`` for a manifest
+    that is not an encoder's (a dataset's ``manifest.json`` has no ``dim``).
+    """
+    import json
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    manifest = encoder_manifest(path)
+    if manifest.exists():
+        dim = json.loads(manifest.read_text()).get("dim")
+        if not isinstance(dim, int):
+            raise ValueError(f"{manifest} is not an encoder manifest (no integer 'dim')")
+        return dim
+    parts = sorted(path.glob(PART_GLOB))
+    if not parts:
+        raise FileNotFoundError(f"{path} is neither an encoder artifact nor a table of "
+                                f"{PART_GLOB} parts")
+    for part in parts:
+        f = pq.ParquetFile(part)
+        for group in range(f.num_row_groups):
+            column = f.read_row_group(group, columns=[EMBEDDING]).column(0)
+            lengths = pc.drop_null(pc.list_value_length(column))
+            if len(lengths):
+                return int(lengths[0].as_py())
+    return 0

@@ -10,6 +10,7 @@ import math
 from enum import Enum
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -145,6 +146,61 @@ def is_missing(value: Any) -> bool:
     return False
 
 
+class ProfileValueError(ValueError):
+    """A value that does not fit its profile field. The message says what is wrong and quotes
+    the value; the caller puts where it was in front (the field or column, the row)."""
+
+
+def _describe(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_value(f: ProfileField, v: Any, *, strict: bool = True) -> Any:
+    """One value of field ``f`` as its Python type, None when missing; else ProfileValueError.
+
+    Missing is None or a float NaN. The type every caller needs: numeric -> float (a bool is
+    not a number), categorical and text -> str, tags -> list of str (from a list, tuple or
+    array). numpy scalars are unwrapped. ``strict`` (the validating server) also holds the value
+    to its declaration: a required field present, a number finite, whole for an ``integer``
+    field and within ``[min_value, max_value]``, a categorical value in the domain, no null tag.
+    Lenient (the on-demand view, ``strict=False``): the encoder has a token for an unknown value
+    and clips numbers, and null tags are dropped.
+    """
+    if isinstance(v, np.generic):
+        v = v.item()
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        if strict and f.required:
+            raise ProfileValueError("required, got null")
+        return None
+    if f.kind == FieldKind.numeric:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ProfileValueError(f"expected a number or null, got {_describe(v)}")
+        if strict:
+            if not math.isfinite(v):
+                raise ProfileValueError(f"expected a finite number, got {v!r}")
+            if f.integer and float(v) != int(v):
+                raise ProfileValueError(f"expected a whole number, got {v!r}")
+            if (f.min_value is not None and v < f.min_value) or \
+                    (f.max_value is not None and v > f.max_value):
+                raise ProfileValueError(f"{v!r} is outside [{f.min_value}, {f.max_value}]")
+        return float(v)
+    if f.kind == FieldKind.tags:
+        if isinstance(v, (str, bytes)) or not (isinstance(v, (list, tuple))
+                                               or hasattr(v, "tolist")):
+            raise ProfileValueError(f"expected a list of strings or null, got {_describe(v)}")
+        items = v.tolist() if hasattr(v, "tolist") else list(v)
+        bad = [t for t in items if not isinstance(t, str) and (strict or t is not None)]
+        if bad:
+            raise ProfileValueError(f"tags must be strings, got {_describe(bad[0])}")
+        return [t for t in items if t is not None]
+    if not isinstance(v, str):
+        raise ProfileValueError(f"expected a string or null, got {_describe(v)}")
+    if strict and f.kind == FieldKind.categorical and f.domain and v not in f.domain:
+        raise ProfileValueError(f"{v!r} is not one of {list(f.domain)}")
+    return v
+
+
 CITY_TIERS = ("tier1", "tier2", "tier3", "tier4", "rural")
 GENDERS = ("female", "male", "nonbinary")
 CHANNELS = (
@@ -177,10 +233,17 @@ DEFAULT_PROFILE_SCHEMA = ProfileSchema(
 )
 
 
-def sparsity_bucket(n_present_optional: int) -> str:
-    """Coverage strata and the low-activity slice use this coarse count of optional fields."""
-    if n_present_optional <= 0:
-        return "bare"
-    if n_present_optional <= 2:
-        return "sparse"
-    return "rich"
+SPARSITY_COLUMN = "sparsity_bucket"
+"""A derived coverage stratum (and OSIPO user segment): how many optional fields are present."""
+SPARSITY_BUCKETS: tuple[tuple[str, int | None], ...] = (("bare", 0), ("sparse", 2), ("rich", None))
+"""The buckets in order, each with the largest count of present optional fields it holds (the
+last one: no bound). The one definition: ``sparsity_bucket`` (numpy, validation) and
+``reasoning.coverage.sparsity_sql`` (DuckDB, coverage selection) are both built from it."""
+
+
+def sparsity_bucket(n_present_optional: Any) -> np.ndarray:
+    """The :data:`SPARSITY_BUCKETS` name per count of present optional fields, vectorised."""
+    n = np.asarray(n_present_optional)
+    bounded = [(name, hi) for name, hi in SPARSITY_BUCKETS if hi is not None]
+    return np.select([n <= hi for _, hi in bounded], [name for name, _ in bounded],
+                     default=SPARSITY_BUCKETS[-1][0])

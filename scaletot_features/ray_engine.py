@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from scaletot_features.config import RayConfig
+from scaletot_features.runtime import torch_threads
 
 BatchFn = Callable[[pa.Table], pa.Table]
 """What an actor runs on each batch: the stage's rows for a batch of users."""
@@ -72,17 +73,18 @@ def actor_gpus(requested: float | None) -> float:
 
 
 class ModelActor:
-    """Ray Data callable class: builds the stage's batch function (its model) once per actor."""
+    """Ray Data callable class: builds the stage's batch function (its model) once per actor.
+
+    ``threads`` holds for each batch and is given back after it: in Ray's local mode the actor
+    shares the driver's process, and its torch setting with it."""
 
     def __init__(self, make_batch_fn: Callable[[], BatchFn], threads: int | None) -> None:
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)  # this actor's process only
+        self.threads = threads
         self.batch_fn = make_batch_fn()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.batch_fn(batch)
+        with torch_threads(self.threads):
+            return self.batch_fn(batch)
 
 
 def stream_map(inputs: pa.Table, make_batch_fn: Callable[[], BatchFn], cfg: RayConfig,

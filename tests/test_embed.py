@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from scaletot_features.data.io import count_rows, parquet_files, read_json, read_table
-from scaletot_features.encoder import embed_population, feature_schema, features_dir
+from scaletot_features.dataset import embedding_dim, reasoning_feature_schema
+from scaletot_features.encoder import embed_population, features_dir
 from test_encoder import DIM, encoder_settings, trained  # noqa: F401 (fixture)
 from validation.gate import run_suite
 from validation.suites import reasoning_feature_suite
@@ -68,7 +69,8 @@ def test_every_user_is_embedded_exactly_once_and_the_table_passes_the_gate(embed
     joined = _sorted(table).select(["user_id", "event_timestamp"])
     assert joined.equals(_sorted(profiles))  # every user, with its profile's snapshot time
     s = encoder_settings()
-    assert table.schema == feature_schema(s.taxonomy(), DIM)
+    assert table.schema == reasoning_feature_schema(s.taxonomy())
+    assert embedding_dim(features_dir(data)) == embedding_dim(data / "encoder") == DIM
     manifest = read_json(data / "encoder" / "manifest.json")
     assert set(table.column("provenance").to_pylist()) == {"encoder"}
     assert set(table.column("model_version").to_pylist()) == {manifest["model_version"]}
@@ -146,7 +148,7 @@ def test_ray_data_gives_the_same_table_as_the_local_engine(embedded, tmp_path):
     files = parquet_files(tmp_path / "ray")
     assert [f.name for f in files] == [f"part-{i:05d}.parquet" for i in range(len(files))]
     ray_table = read_table(tmp_path / "ray")
-    assert ray_table.schema == feature_schema(s.taxonomy(), DIM)  # no tensor extension type
+    assert ray_table.schema == reasoning_feature_schema(s.taxonomy())  # no tensor extension type
     _assert_same(read_table(features_dir(data)), ray_table)
 
 
@@ -212,3 +214,22 @@ def test_gpu_and_cpu_give_the_same_features_within_tolerance(embedded):
                                    pc.list_flatten(b.column(f"{t}_probs")).to_numpy(), atol=1e-4)
         agree = np.mean(np.array(a.column(t).to_pylist()) == np.array(b.column(t).to_pylist()))
         assert agree > 0.999, t  # only near-ties may flip
+
+
+def test_a_ray_actor_gives_the_torch_thread_count_back(embedded):
+    """In Ray's local mode an actor runs in the driver's process: its pin must not leak."""
+    import torch
+
+    import functools
+
+    from scaletot_features.encoder.embed import encoder_batch_fn
+    from scaletot_features.ray_engine import ModelActor
+    from scaletot_features.runtime import torch_threads
+
+    data, _ = embedded
+    batch = read_table(data / "profiles").slice(0, 5)
+    with torch_threads(2):
+        actor = ModelActor(functools.partial(encoder_batch_fn, str(data / "encoder"), "cpu"), 1)
+        out = actor(batch)
+        assert torch.get_num_threads() == 2
+    assert out.num_rows == 5

@@ -279,7 +279,8 @@ def _reorder_taxonomy(m):
     (lambda m: m.update(format_version=99), "format_version 99"),
     (lambda m: m.update(schema_version=7), "schema_version 7"),
     (lambda m: m["network"].update(hidden=64), "weights do not fit"),
-    (lambda m: m["network"]["bag_sizes"].__setitem__(0, 3), "bag_sizes"),
+    (lambda m: m["network"]["bag_sizes"].__setitem__(0, m["network"]["bag_sizes"][0] + 1),
+     "bag_sizes"),
 ])
 def test_an_edited_manifest_is_refused_with_what_differs(trained, tmp_path, edit, message):
     folder = tmp_path / "enc"

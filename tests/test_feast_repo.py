@@ -435,7 +435,7 @@ def test_small_batch_featurizer_matches_the_batch_featurizer(data_dir):
     fast = FastFeaturizer(enc.featurizer)
     for start in range(0, len(rows), 500):
         chunk = rows[start:start + 500]
-        cols = {f.name: coerce_column(f.name, f.kind.value, [r[f.name] for r in chunk])
+        cols = {f.name: coerce_column(f.name, f, [r[f.name] for r in chunk])
                 for f in schema.fields}
         table = pa.table({f.name: pa.array(cols[f.name], f.arrow_type) for f in schema.fields})
         a, b = enc.featurizer.transform(table), fast.transform(cols, len(chunk))

@@ -201,3 +201,29 @@ def test_schemas_keep_their_columns():
     assert feats.field("embedding").type == pa.list_(pa.float32())
     assert ds.label_schema(90).names == ["user_id", "first_seen", "label_timestamp", "lt90",
                                          "revenue_90"]
+
+
+def test_embedding_dim_of_an_encoder_folder_and_of_a_table(tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    ds.encoder_manifest(enc).write_text(json.dumps({"format": "scaletot-encoder", "dim": 12}))
+    assert ds.embedding_dim(enc) == 12
+    table = tmp_path / "table"
+    table.mkdir()
+    pq.write_table(pa.table({"embedding": pa.array([None, None], pa.list_(pa.float32()))}),
+                   ds.part_file(table, 0))
+    assert ds.embedding_dim(table) == 0  # no embedding yet
+    pq.write_table(pa.table({"embedding": pa.array([None, [0.5] * 7], pa.list_(pa.float32()))}),
+                   ds.part_file(table, 1))
+    assert ds.embedding_dim(table) == 7  # the first non-null one, in part order
+    dataset_dir = tmp_path / "data"
+    dataset_dir.mkdir()
+    ds.encoder_manifest(dataset_dir).write_text(json.dumps({"schema_version": 1}))
+    with pytest.raises(ValueError, match="not an encoder manifest"):
+        ds.embedding_dim(dataset_dir)
+    with pytest.raises(FileNotFoundError, match="neither"):
+        ds.embedding_dim(tmp_path / "empty")

@@ -30,7 +30,8 @@ def _zero_inflated(n: int, seed: int, sigma: float) -> tuple[pa.Table, np.ndarra
     c = rng.choice(["a", "b"], size=n)
     pay = rng.random(n) < 1 / (1 + np.exp(-(x0 - 0.3)))
     value = np.exp(0.5 * x1 + 0.4 * (c == "b") + sigma * rng.normal(size=n))
-    return pa.table({"x0": x0, "x1": x1, "c": c}), np.where(pay, value, 0.0)
+    ids = np.arange(n, dtype=np.int64) + seed * n  # the validation split is by user id
+    return pa.table({"user_id": ids, "x0": x0, "x1": x1, "c": c}), np.where(pay, value, 0.0)
 
 
 def test_zero_inflated_revenue_predicts_the_expectation_not_the_median():
@@ -82,7 +83,7 @@ def test_fit_on_the_profile_ranks_and_stays_in_range(frame):
     assert np.all((pred.retained_prob >= 0) & (pred.retained_prob <= 1))
     assert normalized_gini(act[test], pred.active) > 0.3
     # the MLP's validation users, for the same seed and rows (so validation scores compare)
-    np.testing.assert_array_equal(model.validation_index_, validation_split(len(idx), 0.1, 1)[1])
+    np.testing.assert_array_equal(model.validation_index_, validation_split(profiles.take(pa.array(idx)), 0.1, 1)[1])
     mlp = LTVModel(DEFAULT_PROFILE_SCHEMA, epochs=1, seed=1).fit(profiles.take(pa.array(idx)),
                                                                  rev[idx], act[idx])
     np.testing.assert_array_equal(model.validation_index_, mlp.validation_index_)

@@ -21,14 +21,13 @@ import pytest
 
 from scaletot_features.config import Settings, build_settings
 from scaletot_features.data.io import PartWriter, read_json, read_table
-from scaletot_features.dataset import DatasetLayout
+from scaletot_features.dataset import DatasetLayout, hash_mask
 from scaletot_features.data.labels import label_schema
 from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA
 from scaletot_features.taxonomy import DEFAULT_TAXONOMY
 from validation.gate import (
     GateResult,
     format_failures,
-    hash_sample_mask,
     run_suite,
     validate_dataset,
 )
@@ -222,9 +221,9 @@ def test_big_tables_are_validated_on_an_id_hash_sample(
 ) -> None:
     profiles = read_table(DatasetLayout(tiny_population).profiles).to_pandas()
     fraction = 1000 / USERS
-    mask = hash_sample_mask(profiles["user_id"].to_numpy(), fraction)
+    mask = hash_mask(profiles["user_id"].to_numpy(), fraction, use="gate_sample")
     assert 800 < mask.sum() < 1200
-    np.testing.assert_array_equal(mask, hash_sample_mask(profiles["user_id"].to_numpy(), fraction))
+    np.testing.assert_array_equal(mask, hash_mask(profiles["user_id"].to_numpy(), fraction, use="gate_sample"))
 
     results = validate_dataset(_corrupt(tiny_population, tmp_path / "copy"), settings, max_rows=1000)
     assert all(r.success and r.sampled and r.rows == mask.sum() and r.total_rows == USERS

@@ -55,6 +55,7 @@ from scaletot_features.dataset import (
     STUDENT,
     DatasetLayout,
     distill_target_schema,
+    hash_mask,
     part_file,
     prob_column,
     run_summary_path,
@@ -66,7 +67,9 @@ from scaletot_features.encoder.featurizer import Featurizer
 from scaletot_features.encoder.model import Encoder, NetworkShape, ProfileEncoderNet
 from scaletot_features.profile import ID_COLUMN, ProfileSchema
 from scaletot_features.reasoning.prompts import student_prompt
+from scaletot_features.runtime import torch_threads
 from scaletot_features.taxonomy import Taxonomy
+from trainers.early_stopping import EarlyStopping
 
 
 class TargetsError(ValueError):
@@ -235,16 +238,6 @@ def project(reps: np.ndarray, p: dict[str, torch.Tensor]) -> np.ndarray:
 # --------------------------------------------------------------------------- split
 
 
-def _hash01(ids: np.ndarray, seed: int) -> np.ndarray:
-    """splitmix64 of (id + seed) mapped to [0, 1): a split that does not depend on row order."""
-    with np.errstate(over="ignore"):
-        z = ids.astype(np.int64).view(np.uint64) + np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(2 ** 53)
-
-
 def split_users(user_ids: np.ndarray, data_dir: Path, settings: Settings) -> tuple[np.ndarray, str]:
     """'train' / 'val' / 'test' per user, and where the test split came from."""
     cfg = settings.encoder
@@ -257,9 +250,9 @@ def split_users(user_ids: np.ndarray, data_dir: Path, settings: Settings) -> tup
         test = np.array([u in held for u in user_ids.tolist()], dtype=bool)
         source = f"student holdout ({path})"
     else:
-        test = _hash01(user_ids, cfg.seed) < cfg.holdout_fraction
+        test = hash_mask(user_ids, cfg.holdout_fraction, cfg.seed, "encoder_test")
     split[test] = "test"
-    val = (~test) & (_hash01(user_ids, cfg.seed + 7919) < cfg.val_fraction)
+    val = (~test) & hash_mask(user_ids, cfg.val_fraction, cfg.seed, "encoder_val")
     split[val] = "val"
     if not (split == "train").any():
         raise TargetsError("no covered user is left for training after the val/test split")
@@ -359,15 +352,11 @@ def distill_encoder(data_dir: Path | str, settings: Settings, targets: Path | No
         raise TargetsError(f"{profiles_dir} has duplicate user ids among the target users "
                            "(run the sparse-profile gate)")
 
-    threads = torch.get_num_threads()
     # Minibatches of a few hundred rows: OpenMP's fork/join costs more than it saves (on two
     # shared cores a 67x128 matmul took 9 ms with 2 threads, 0.03 ms with 1).
-    torch.set_num_threads(cfg.train_threads or threads)
-    try:
+    with torch_threads(cfg.train_threads):
         return _distill(data_dir, settings, tgt, info, profiles, target_path, progress, out,
                         device, t0)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _distill(data_dir: Path, settings: Settings, tgt: pa.Table, info: dict[str, Any],
@@ -400,7 +389,7 @@ def _distill(data_dir: Path, settings: Settings, tgt: pa.Table, info: dict[str, 
     lab_t = {s: torch.from_numpy(labels_all[idx]).to(dev) for s, idx in sel.items()}
     watch = "val" if len(sel["val"]) else "train"
 
-    best, best_loss, best_epoch, stale, history = None, float("inf"), 0, 0, []
+    stopper, history = EarlyStopping(cfg.patience, min_delta=1e-6), []
     n_train = len(sel["train"])
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -427,15 +416,14 @@ def _distill(data_dir: Path, settings: Settings, tgt: pa.Table, info: dict[str, 
             watched_f = float(watched)
             history.append({"epoch": epoch, "train_loss": round(total / n_train, 6),
                             f"{watch}_loss": round(watched_f, 6)})
-            if watched_f < best_loss - 1e-6:
-                best, best_loss, best_epoch, stale = copy.deepcopy(net.state_dict()), watched_f, epoch, 0
-            else:
-                stale += 1
-            bar.update(task, advance=1, msg=f"{watch} loss {watched_f:.4f} (best {best_loss:.4f})")
-            if stale >= cfg.patience:
+            stop = stopper.step(watched_f, lambda: copy.deepcopy(net.state_dict()))
+            bar.update(task, advance=1,
+                       msg=f"{watch} loss {watched_f:.4f} (best {stopper.best_loss:.4f})")
+            if stop:
                 break
-    assert best is not None
-    net.load_state_dict(best)
+    assert stopper.best_state is not None
+    net.load_state_dict(stopper.best_state)
+    best_epoch = stopper.best_epoch
     net = net.cpu().eval()
 
     encoder = Encoder(net, featurizer, taxonomy, "pending", device=dev)

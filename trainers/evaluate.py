@@ -60,6 +60,8 @@ from scaletot_features.dataset import (
     DatasetLayout,
     ReasoningChunk,
     STUDENT_MODELS,
+    hash_mask,
+    hash_order,
     probs_column,
     run_summary_path,
     student_manifest,
@@ -68,7 +70,6 @@ from scaletot_features.encoder.embed import data_profile_schema, encoder_dir, fe
 from scaletot_features.ltv.metrics import summarize
 from scaletot_features.profile import ID_COLUMN, FieldKind, ProfileSchema
 from scaletot_features.taxonomy import Taxonomy
-from trainers.distill_encoder import _hash01
 from trainers.ltv import LTVModel
 from trainers.ltv_gbdt import GBDTLTVModel
 
@@ -120,7 +121,7 @@ def training_frame(data_dir: Path, settings: Settings, console: Console) -> pa.T
 def split_test(user_ids: np.ndarray, covered: np.ndarray, test_fraction: float,
                seed: int) -> np.ndarray:
     """True for test users: a hash of the id, never a user the student was trained on."""
-    test = _hash01(user_ids, seed + 31337) < test_fraction
+    test = hash_mask(user_ids, test_fraction, seed, "eval_test")
     return test & ~np.isin(user_ids, covered)
 
 
@@ -305,8 +306,8 @@ def reasoning_order(user_ids: np.ndarray, covered: np.ndarray, seed: int) -> np.
     is_cov = np.isin(user_ids, covered)
     cov = user_ids[is_cov]
     rest = user_ids[~is_cov]
-    cov = cov[np.argsort(_hash01(cov, seed + 17), kind="stable")]
-    rest = rest[np.argsort(_hash01(rest, seed + 17), kind="stable")]
+    cov = cov[hash_order(cov, seed, "eval_order")]
+    rest = rest[hash_order(rest, seed, "eval_order")]
     return np.concatenate([cov, rest])
 
 

@@ -29,6 +29,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from scaletot_features.dataset import hash_mask
 from scaletot_features.encoder.featurizer import NUMERIC_CLIP, Features, Featurizer
 from scaletot_features.encoder.model import FieldInputs, NetworkShape
 from scaletot_features.ltv.ziln import (
@@ -39,7 +40,8 @@ from scaletot_features.ltv.ziln import (
     ziln_loss,
     ziln_predict,
 )
-from scaletot_features.profile import ProfileSchema
+from scaletot_features.profile import ID_COLUMN, ProfileSchema
+from trainers.early_stopping import EarlyStopping
 
 __all__ = ["LTVModel", "LTVNet", "LTVPredictions", "checked_labels", "validation_split"]
 
@@ -87,14 +89,20 @@ def checked_labels(n: int, revenue: np.ndarray, active: np.ndarray,
     return revenue, active
 
 
-def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(fit rows, validation rows) of ``n`` training users: a seeded slice for early stopping.
+def validation_split(profiles: pa.Table, fraction: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, validation rows) of the training users: a seeded slice by user id for early
+    stopping.
 
     Every LTV model (this MLP, the boosted trees of ``trainers.ltv_gbdt``) takes the same slice
-    for the same seed and rows, so their validation scores compare like with like. Below 20 users
-    there is no validation slice (empty)."""
-    rng = np.random.default_rng(seed + 104729)
-    val = rng.random(n) < fraction if n >= 20 else np.zeros(n, dtype=bool)
+    for the same seed and users, so their validation scores compare like with like. Below 20
+    users there is no validation slice (empty)."""
+    if ID_COLUMN not in profiles.column_names:
+        raise ValueError(f"profiles need a {ID_COLUMN!r} column (the validation split is by "
+                         "user id)")
+    n = profiles.num_rows
+    ids = profiles.column(ID_COLUMN).to_numpy(zero_copy_only=False)
+    val = hash_mask(ids, fraction, seed, "ltv_val") if n >= 20 else np.zeros(n, bool)
     return np.flatnonzero(~val), np.flatnonzero(val)
 
 
@@ -154,7 +162,7 @@ class LTVModel:
         revenue, active = checked_labels(n, revenue, active)
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
-        train_idx, val_idx = validation_split(n, self.val_fraction, self.seed)
+        train_idx, val_idx = validation_split(profiles, self.val_fraction, self.seed)
         self.validation_index_ = val_idx
 
         self.featurizer_ = Featurizer.fit(profiles.take(pa.array(train_idx)), self.schema,
@@ -179,7 +187,7 @@ class LTVModel:
         watch_feats = feats.take(watch)
         watch_dense = None if x_dense is None else x_dense[watch]
 
-        best, best_loss, stale, self.history_ = None, float("inf"), 0, []
+        stopper, self.history_ = EarlyStopping(self.patience, min_delta=1e-5), []
         for epoch in range(1, self.epochs + 1):
             self.net_.train()
             order = rng.permutation(train_idx)
@@ -197,17 +205,13 @@ class LTVModel:
             loss = float(r_loss + c_loss)
             self.history_.append({"epoch": epoch, "revenue_loss": float(r_loss),
                                   "active_loss": float(c_loss)})
-            if loss < best_loss - 1e-5:
-                best, best_loss, stale = copy.deepcopy(self.net_.state_dict()), loss, 0
-                self.best_epoch_ = epoch
-            else:
-                stale += 1
-                if stale >= self.patience:
-                    break
-        assert best is not None
-        self.net_.load_state_dict(best)
+            if stopper.step(loss, lambda: copy.deepcopy(self.net_.state_dict())):
+                break
+        assert stopper.best_state is not None
+        self.net_.load_state_dict(stopper.best_state)
         self.net_.eval()
-        self.val_loss_ = best_loss
+        self.best_epoch_ = stopper.best_epoch
+        self.val_loss_ = stopper.best_loss
         return self
 
     @torch.inference_mode()

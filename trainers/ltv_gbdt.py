@@ -171,7 +171,7 @@ class GBDTLTVModel:
         n = profiles.num_rows
         revenue, active = checked_labels(n, revenue, active, np.float64)
         t0 = time.perf_counter()
-        fit_idx, val_idx = validation_split(n, self.val_fraction, self.seed)
+        fit_idx, val_idx = validation_split(profiles, self.val_fraction, self.seed)
         self.validation_index_ = val_idx
         self.featurizer_ = Featurizer.fit(profiles.take(pa.array(fit_idx)), self.schema,
                                           min_count=self.min_token_count)

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -31,7 +32,9 @@ import pyarrow.parquet as pq
 from scaletot_features.config import Settings
 from scaletot_features.data.io import atomic_dir, write_parquet_atomic
 from scaletot_features.reasoning.prompts import student_prompt
-from scaletot_features.dataset import STUDENT_MANIFEST, STUDENT_SPLIT_SCHEMA, DatasetLayout
+from scaletot_features.dataset import (
+    STUDENT_MANIFEST, STUDENT_SPLIT_SCHEMA, DatasetLayout, hash_order,
+)
 from scaletot_features.reasoning.student_inference import profile_texts
 
 SPLIT_SCHEMA = STUDENT_SPLIT_SCHEMA
@@ -41,14 +44,13 @@ def split_path(data_dir: Path) -> Path:
     return DatasetLayout(data_dir).student.split
 
 
-def _rank(user_id: int, seed: int) -> str:
-    return hashlib.sha256(f"{seed}:{user_id}".encode()).hexdigest()
-
-
 def make_split(user_ids: list[int], holdout_fraction: float, seed: int) -> pa.Table:
-    """Deterministic train/holdout split, independent of input order; sorted by user_id."""
+    """Deterministic train/holdout split, independent of input order; sorted by user_id.
+
+    Exactly ``round(holdout_fraction * n)`` users are held out: the first of the user-hash order.
+    """
     ids = sorted(set(int(u) for u in user_ids))
-    ranked = sorted(ids, key=lambda u: _rank(u, seed))
+    ranked = np.asarray(ids, dtype=np.int64)[hash_order(ids, seed, "student_holdout")].tolist()
     n_hold = round(holdout_fraction * len(ids))
     if holdout_fraction > 0 and len(ids) >= 2:
         n_hold = min(max(n_hold, 1), len(ids) - 1)  # both sides non-empty

@@ -38,7 +38,7 @@ from scaletot_features.llm.backend import LLMBackend
 from scaletot_features.profile import FieldKind, ProfileSchema, ProfileStyle
 from scaletot_features.reasoning.coverage import population_segments, select_coverage
 from scaletot_features.reasoning.scoring import NodeScorer
-from scaletot_features.reasoning.search import SearchConfig, search_chains
+from scaletot_features.reasoning.search import SearchConfig, search_chain, search_chains
 from scaletot_features.runtime import torch_threads
 from scaletot_features.taxonomy import Taxonomy
 from trainers.audit import teacher_audit
@@ -255,8 +255,7 @@ def _teach_part(rows: list[dict], schema: ProfileSchema, scorer: NodeScorer,
         results = []
         for text, ev in zip(texts, evidence):
             try:
-                results.append(search_chains([text], scorer, taxonomy, cfg, [ev],
-                                             backend.model_id)[0])
+                results.append(search_chain(text, scorer, taxonomy, cfg, ev, backend.model_id))
             except Exception as e:  # noqa: BLE001
                 results.append(e)
     seconds = time.perf_counter() - t0

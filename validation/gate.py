@@ -29,7 +29,13 @@ from scaletot_features.data.io import (
     read_table,
     write_json_atomic,
 )
-from scaletot_features.dataset import PART_GLOB, DatasetLayout, encoder_manifest
+from scaletot_features.dataset import (
+    PART_GLOB,
+    DatasetLayout,
+    embedding_dim,
+    encoder_manifest,
+    hash_mask,
+)
 from scaletot_features.profile import ID_COLUMN, ProfileSchema
 from validation.suites import Suite, label_suite, reasoning_feature_suite, sparse_profile_suite
 
@@ -218,21 +224,6 @@ def run_suite(df: pd.DataFrame, suite: Suite, name: str | None = None) -> GateRe
 # --------------------------------------------------------------------------- dataset gate
 
 
-def hash_sample_mask(ids: np.ndarray, fraction: float) -> np.ndarray:
-    """Deterministic row sample by a hash of the user id (splitmix64).
-
-    Selecting by id, not by position, keeps every copy of a duplicated id together, so the
-    uniqueness check still sees duplicates inside the sample, and profiles and labels are sampled
-    to the same users.
-    """
-    with np.errstate(over="ignore"):
-        z = np.asarray(ids).astype(np.int64).view(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(2**53) < fraction
-
-
 def _read_maybe_sampled(path: Path, max_rows: int) -> tuple[pd.DataFrame, int, bool]:
     """The table as pandas, or a hash sample of about ``max_rows`` rows streamed in batches."""
     total = count_rows(path)
@@ -240,8 +231,12 @@ def _read_maybe_sampled(path: Path, max_rows: int) -> tuple[pd.DataFrame, int, b
         return read_table(path).to_pandas(), total, False
     fraction = max_rows / total
     kept: list[pa.Table] = []
+    # by a hash of the id, not by position: every copy of a duplicated id stays together (the
+    # uniqueness check still sees duplicates in the sample), and profiles and labels are sampled
+    # to the same users
     for batch in iter_batches(path):
-        mask = hash_sample_mask(batch.column(ID_COLUMN).to_numpy(zero_copy_only=False), fraction)
+        ids = batch.column(ID_COLUMN).to_numpy(zero_copy_only=False)
+        mask = hash_mask(ids, fraction, use="gate_sample")
         if mask.any():
             kept.append(pa.Table.from_batches([batch]).filter(pa.array(mask)))
     if not kept:
@@ -305,13 +300,10 @@ def _taxonomy_and_dim(data_dir: Path, settings: "Settings | None") -> tuple[Any,
         from scaletot_features.encoder.artifact import read_manifest, taxonomy_from_json
 
         m = read_manifest(folder)
-        return taxonomy_from_json(m["taxonomy"]), int(m["dim"])
-    taxonomy = settings.taxonomy() if settings is not None else DEFAULT_TAXONOMY
+        return taxonomy_from_json(m["taxonomy"]), embedding_dim(folder)
     if settings is not None:
-        return taxonomy, settings.encoder.dim
-    first = next(iter_batches(DatasetLayout(data_dir).features.reasoning, batch_size=1,
-                              columns=["embedding"]))
-    return taxonomy, len(first.column(0)[0].as_py())
+        return settings.taxonomy(), settings.encoder.dim
+    return DEFAULT_TAXONOMY, embedding_dim(DatasetLayout(data_dir).features.reasoning)
 
 
 def reasoning_gate(data_dir: Path | str, settings: "Settings | None" = None,

@@ -31,9 +31,11 @@ import pyarrow.compute as pc
 from scaletot_features.dataset import REASONING_TABLE, state_columns
 from scaletot_features.profile import (
     ID_COLUMN,
+    SPARSITY_COLUMN,
     TIMESTAMP_COLUMN,
     FieldKind,
     ProfileSchema,
+    sparsity_bucket,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,7 +44,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from scaletot_features.taxonomy import Taxonomy
 
 MISSING = "<missing>"  # missing as its own category in KL partitions
-SPARSITY_COLUMN = "sparsity_bucket"
 PROB_TOLERANCE = 1e-3  # per-row probabilities must sum to 1 within this
 
 # Suite names double as the result file names: DIR/validation/<name>.json
@@ -112,13 +113,13 @@ def normalize_missing(df: pd.DataFrame, schema: ProfileSchema) -> pd.DataFrame:
 
 
 def add_sparsity_bucket(df: pd.DataFrame, schema: ProfileSchema) -> pd.DataFrame:
-    """The coverage stratum ``sparsity_bucket`` (profile.sparsity_bucket), vectorised."""
+    """The coverage stratum ``sparsity_bucket`` (``profile.sparsity_bucket``) as a column."""
     n = np.zeros(len(df), dtype=np.int64)
     for f in schema.optional:
         if f.name in df.columns:
             n += _present(df[f.name], f.kind)
     out = df.copy()
-    out[SPARSITY_COLUMN] = np.where(n <= 0, "bare", np.where(n <= 2, "sparse", "rich"))
+    out[SPARSITY_COLUMN] = sparsity_bucket(n)
     return out
 
 

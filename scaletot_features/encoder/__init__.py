@@ -11,12 +11,12 @@ from scaletot_features.encoder.artifact import (
     read_manifest,
     save_encoder,
 )
-from scaletot_features.encoder.embed import embed_population, feature_schema, features_dir
+from scaletot_features.encoder.embed import embed_population, features_dir
 from scaletot_features.encoder.featurizer import FastFeaturizer, Featurizer
 from scaletot_features.encoder.model import Encoder, NetworkShape, ProfileEncoderNet
 
 __all__ = [
     "Encoder", "EncoderManifestError", "FastFeaturizer", "Featurizer", "NetworkShape",
-    "ProfileEncoderNet", "check_compatible", "embed_population", "feature_schema", "features_dir",
+    "ProfileEncoderNet", "check_compatible", "embed_population", "features_dir",
     "load_encoder", "read_manifest", "save_encoder",
 ]

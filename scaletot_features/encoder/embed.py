@@ -1,11 +1,12 @@
 """Batch embedding of every user: profiles -> reasoning features, locally or with Ray Data.
 
-Output: ``DIR/features/reasoning_features/part-*.parquet`` with :func:`feature_schema` (one row per
-profile row, so every user exactly once: profile ids are unique, the sparse-profile gate checks
-it). Provenance is ``"encoder"`` for every row, covered users included: the batch table is then one
-function of the profile, the same one the on-demand feature view computes for a request-time
-profile, so offline and online features agree and a covered user's features do not change in kind
-when the LLM stages are re-run. The teacher's and student's chains stay in their own tables.
+Output: ``DIR/features/reasoning_features/part-*.parquet`` with
+``dataset.reasoning_feature_schema`` (one row per profile row, so every user exactly once:
+profile ids are unique, the sparse-profile gate checks it). Provenance is ``"encoder"`` for
+every row, covered users included: the batch table is then one function of the profile, the same
+one the on-demand feature view computes for a request-time profile, so offline and online
+features agree and a covered user's features do not change in kind when the LLM stages are
+re-run. The teacher's and student's chains stay in their own tables.
 
 Local engine: the profiles are read in record batches (``data.io.iter_batches``), encoded and
 written one part per batch, so peak memory follows ``embed_batch_size``, not the population.
@@ -24,12 +25,13 @@ Both run inside ``data.io.atomic_dir``: a failed run leaves the previous table u
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -53,9 +55,8 @@ from scaletot_features.dataset import (
 from scaletot_features.encoder.artifact import load_encoder
 from scaletot_features.encoder.model import Encoder
 from scaletot_features.profile import ID_COLUMN, ProfileSchema
-from scaletot_features.ray_engine import actor_gpus, cast_to_schema, init_ray
+from scaletot_features.ray_engine import ModelActor, actor_gpus, cast_to_schema, init_ray
 from scaletot_features.runtime import torch_threads
-from scaletot_features.taxonomy import Taxonomy
 
 # Float lists barely compress, and writing is the slowest step of the pipeline: snappy without
 # dictionary pages on the float columns wrote a 65k-user part in 0.51 s vs 1.67 s for zstd-1 with
@@ -69,13 +70,6 @@ def encoder_dir(data_dir: Path) -> Path:
 
 def features_dir(data_dir: Path) -> Path:
     return DatasetLayout(data_dir).features.reasoning
-
-
-def feature_schema(taxonomy: Taxonomy, dim: int) -> pa.Schema:
-    """The reasoning-feature table (``dataset.reasoning_feature_schema``; ``dim`` is
-    informational: list<float32>)."""
-    del dim  # the list length is checked by validation.suites.reasoning_feature_suite
-    return reasoning_feature_schema(taxonomy)
 
 
 def data_profile_schema(data_dir: Path, settings: Settings) -> ProfileSchema:
@@ -193,18 +187,10 @@ class _progress:  # noqa: N801 - a small context manager
 # --------------------------------------------------------------------------- Ray
 
 
-class EncodeBatches:
-    """Ray Data callable class: one loaded encoder per actor."""
-
-    def __init__(self, folder: str, device: str | None = None, threads: int | None = None) -> None:
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
-        self.encoder, _ = load_encoder(folder, device=device)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.encoder.feature_table(batch)
+def encoder_batch_fn(folder: str, device: str | None = None) -> Callable[[pa.Table], pa.Table]:
+    """One loaded encoder mapping profile batches to feature rows: a Ray actor's work."""
+    encoder, _ = load_encoder(folder, device=device)
+    return encoder.feature_table
 
 
 def _init_ray(settings: Settings) -> bool:
@@ -214,7 +200,8 @@ def _init_ray(settings: Settings) -> bool:
 
 def embed_ray(folder: Path, profiles: Path, out: Path, batch_size: int, schema: pa.Schema,
               settings: Settings, progress: bool = False) -> int:
-    """Ray Data: read_parquet -> map_batches(EncodeBatches) -> write_parquet, then normalise."""
+    """Ray Data: read_parquet -> map_batches(ModelActor: one encoder each) -> write_parquet,
+    then normalise."""
     import ray
     import ray.data
 
@@ -231,10 +218,9 @@ def embed_ray(folder: Path, profiles: Path, out: Path, batch_size: int, schema: 
         # and with fsspec installed without aiohttp two threads importing fsspec's http module at
         # once raised "cannot import name 'HTTPFileSystem'" (ray 2.58, seen here).
         ds = ray.data.read_parquet(str(profiles), columns=columns, file_extensions=["parquet"])
+        make = functools.partial(encoder_batch_fn, str(folder), "cuda" if gpus else "cpu")
         ds = ds.map_batches(
-            EncodeBatches, fn_constructor_kwargs={"folder": str(folder),
-                                                  "device": "cuda" if gpus else "cpu",
-                                                  "threads": cfg.embed_threads},
+            ModelActor, fn_constructor_args=(make, cfg.embed_threads),
             batch_format="pyarrow", batch_size=batch_size, concurrency=cfg.ray_concurrency,
             num_cpus=cfg.ray_num_cpus, num_gpus=gpus or None, zero_copy_batch=True)
         scratch = out / ".ray"
@@ -294,7 +280,7 @@ def embed_population(data_dir: Path | str, settings: Settings, engine: str | Non
     taxonomy = settings.taxonomy()
     encoder, manifest = load_encoder(folder, schema=data_profile_schema(data_dir, settings),
                                      taxonomy=taxonomy)
-    schema = feature_schema(taxonomy, encoder.dim)
+    schema = reasoning_feature_schema(taxonomy)  # its embedding length: the suite checks it
     batch_size = batch_size or (settings.encoder.embed_batch_size if engine == "local"
                                 else settings.encoder.ray_batch_size)
     target = Path(out) if out else features_dir(data_dir)

@@ -165,7 +165,7 @@ class Encoder:
         return emb.float().cpu().numpy(), probs
 
     def feature_table(self, table: pa.Table | pa.RecordBatch) -> pa.Table:
-        """The reasoning-feature rows (embed.feature_schema) for these profile rows."""
+        """The reasoning-feature rows (dataset.reasoning_feature_schema) for these profile rows."""
         emb, probs = self.predict(table)
         n = emb.shape[0]
         cols: dict[str, pa.Array] = {

@@ -2,9 +2,10 @@
 
 Stratified by segment (acquisition channel x profile-sparsity bucket by default): each stratum
 contributes round(fraction x its size) users, at least one where the stratum is not empty, so
-rare segments are represented. Within a stratum users are ranked by a seeded hash of their id,
-which makes the choice deterministic, independent of row order, and computable in one DuckDB
-pass over parquet of any size.
+rare segments are represented. Within a stratum users are ranked by the seeded user-id hash
+every split uses (:func:`scaletot_features.dataset.user_hash01`, registered in DuckDB as a
+vectorised function), which makes the choice deterministic on any platform and DuckDB version,
+independent of row order, and computable in one DuckDB pass over parquet of any size.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import duckdb
 import pyarrow as pa
 
 from scaletot_features.data.io import parquet_files
-from scaletot_features.profile import ProfileSchema
-
-SPARSITY = "sparsity_bucket"
+from scaletot_features.dataset import user_hash01
+from scaletot_features.profile import SPARSITY_BUCKETS, SPARSITY_COLUMN, ProfileSchema
 
 
 def sparsity_sql(schema: ProfileSchema) -> str:
-    """SQL for the sparsity bucket (profile.sparsity_bucket) over the optional fields."""
+    """SQL for the sparsity bucket (``profile.SPARSITY_BUCKETS``) over the optional fields."""
     terms = []
     for f in schema.optional:
         col = f'"{f.name}"'
@@ -32,7 +32,9 @@ def sparsity_sql(schema: ProfileSchema) -> str:
         else:
             terms.append(f"(CASE WHEN {col} IS NULL OR isnan({col}) THEN 0 ELSE 1 END)")
     n = " + ".join(terms) if terms else "0"
-    return f"(CASE WHEN ({n}) = 0 THEN 'bare' WHEN ({n}) <= 2 THEN 'sparse' ELSE 'rich' END)"
+    whens = " ".join(f"WHEN ({n}) <= {hi} THEN '{name}'" for name, hi in SPARSITY_BUCKETS
+                     if hi is not None)
+    return f"(CASE {whens} ELSE '{SPARSITY_BUCKETS[-1][0]}' END)"
 
 
 def segment_table(profiles: Path, schema: ProfileSchema, strata: list[str]) -> str:
@@ -40,13 +42,13 @@ def segment_table(profiles: Path, schema: ProfileSchema, strata: list[str]) -> s
     files = ", ".join(f"'{f}'" for f in parquet_files(profiles))
     cols = []
     for s in strata:
-        if s == SPARSITY:
-            cols.append(f"{sparsity_sql(schema)} AS {SPARSITY}")
+        if s == SPARSITY_COLUMN:
+            cols.append(f"{sparsity_sql(schema)} AS {SPARSITY_COLUMN}")
         elif s in schema.names:
             cols.append(f"coalesce(CAST(\"{s}\" AS VARCHAR), '<missing>') AS \"{s}\"")
         else:
             raise ValueError(
-                f"coverage stratum {s!r} is neither a profile field nor {SPARSITY!r}; "
+                f"coverage stratum {s!r} is neither a profile field nor {SPARSITY_COLUMN!r}; "
                 f"fields: {schema.names}"
             )
     key = " || '|' || ".join(f'"{s}"' for s in strata) if strata else "'all'"
@@ -95,10 +97,14 @@ def select_coverage(
     round(fraction x population) users (at most ``max_users``), allocated to strata in
     proportion to their size (:func:`allocate`).
     """
-    strata = list(strata if strata is not None else ["acquisition_channel", SPARSITY])
+    strata = list(strata if strata is not None else ["acquisition_channel", SPARSITY_COLUMN])
     if not 0 < fraction <= 1:
         raise ValueError(f"coverage fraction must be in (0, 1], got {fraction}")
     con = duckdb.connect()
+    con.create_function(
+        "user_hash01",
+        lambda ids: pa.array(user_hash01(ids.to_numpy(zero_copy_only=False), seed, "coverage")),
+        ["BIGINT"], "DOUBLE", type="arrow")
     try:
         seg = segment_table(profiles, schema, strata)
         con.sql(f"CREATE TEMP TABLE seg AS {seg}")
@@ -108,9 +114,9 @@ def select_coverage(
             total = min(total, max_users)
         quota = allocate(counts, total)
         con.register("quota", pa.table({"stratum": list(quota), "q": list(quota.values())}))
-        sql = f"""
+        sql = """
         WITH ranked AS (
-            SELECT *, row_number() OVER (PARTITION BY stratum ORDER BY hash(user_id, {int(seed)}), user_id) AS r
+            SELECT *, row_number() OVER (PARTITION BY stratum ORDER BY user_hash01(user_id), user_id) AS r
             FROM seg
         )
         SELECT ranked.* EXCLUDE (r) FROM ranked JOIN quota USING (stratum)

@@ -21,7 +21,6 @@ Run: ``python -m scaletot_features.store.server DIR --port 6566`` (loopback by d
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import signal
 import subprocess
@@ -33,7 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from scaletot_features.data.io import read_json
 from scaletot_features.dataset import DatasetLayout
-from scaletot_features.profile import FieldKind, ProfileField, ProfileSchema
+from scaletot_features.profile import (
+    ProfileField,
+    ProfileSchema,
+    ProfileValueError,
+    check_value,
+)
 
 MAX_ROWS = 10_000
 
@@ -122,33 +126,11 @@ class Catalog:
 
 
 def _check_value(key: str, f: ProfileField, v: Any, row: int) -> Any:
-    where = f"{key} (row {row})"
-    if v is None:
-        if f.required:
-            raise RequestError(422, "bad_profile_field", f"{where}: required, got null")
-        return None
-    if f.kind == FieldKind.numeric:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise RequestError(422, "bad_profile_field", f"{where}: expected a number, got {v!r}")
-        if f.integer and float(v) != int(v):
-            raise RequestError(422, "bad_profile_field", f"{where}: expected a whole number, "
-                               f"got {v!r}")
-        if (f.min_value is not None and v < f.min_value) or \
-                (f.max_value is not None and v > f.max_value):
-            raise RequestError(422, "bad_profile_field", f"{where}: {v!r} is outside "
-                               f"[{f.min_value}, {f.max_value}]")
-        return float(v)  # Feast wants floats for Float64 request data
-    if f.kind == FieldKind.tags:
-        if not isinstance(v, list) or not all(isinstance(t, str) for t in v):
-            raise RequestError(422, "bad_profile_field",
-                               f"{where}: expected a list of strings, got {v!r}")
-        return v
-    if not isinstance(v, str):
-        raise RequestError(422, "bad_profile_field", f"{where}: expected a string, got {v!r}")
-    if f.kind == FieldKind.categorical and f.domain and v not in f.domain:
-        raise RequestError(422, "bad_profile_field",
-                           f"{where}: {v!r} is not one of {list(f.domain)}")
-    return v
+    """The value as Feast wants it (floats for Float64 request data), or a 422 naming the key."""
+    try:
+        return check_value(f, v, strict=True)
+    except ProfileValueError as e:
+        raise RequestError(422, "bad_profile_field", f"{key} (row {row}): {e}") from None
 
 
 def validate_entities(catalog: Catalog, refs: list[str], entities: dict[str, list[Any]]
