@@ -421,15 +421,16 @@ def test_the_text_channel_of_the_request_path_matches_the_batch_path(data_dir):
     request at a time, give the batch path's vectors (MiniLM pads a batch; the tolerance is the
     padding's summation order)."""
     from scaletot_features.data.io import read_table
-    from scaletot_features.encoder.featurizer import FastFeaturizer, Featurizer
+    from scaletot_features.encoder.featurizer import FastFeaturizer, Featurizer, TextEmbedder
     from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA
     from scaletot_features.store.transforms import coerce_column
 
     profiles = read_table(data_dir / "profiles")
     batch = Featurizer.fit(profiles, DEFAULT_PROFILE_SCHEMA, use_text_embedding=True)
     assert [f.name for f in batch.texts] == ["device_model", "occupation", "interests"]
-    request = Featurizer.from_state(batch.state(), DEFAULT_PROFILE_SCHEMA)  # its own, cold cache
+    request = Featurizer.from_state(batch.state(), DEFAULT_PROFILE_SCHEMA)
     fast = FastFeaturizer(request)
+    TextEmbedder._cache.clear()  # the process-wide cache: each request below embeds cold
     rows = profiles.slice(0, 40).to_pylist() + [
         {f.name: None for f in DEFAULT_PROFILE_SCHEMA.fields},
         {**profiles.slice(0, 1).to_pylist()[0], "occupation": "", "interests": []}]
@@ -438,11 +439,11 @@ def test_the_text_channel_of_the_request_path_matches_the_batch_path(data_dir):
     for i, row in enumerate(rows):
         cols = {f.name: coerce_column(f.name, f, [row[f.name]])
                 for f in DEFAULT_PROFILE_SCHEMA.fields}
+        TextEmbedder._cache.clear()
         got = fast.transform(cols, 1).text
         np.testing.assert_allclose(got[0].numpy(), want[i].numpy(), rtol=1e-4, atol=1e-5)
     assert not want[-2].any()  # every text field missing: zeros
-    embedder = request.text_embedder
-    assert embedder is not None and len(embedder._cache) > 0  # strings are kept for next time
+    assert len(TextEmbedder._cache) > 0  # strings are kept for the next request
 
 
 def test_small_batch_featurizer_matches_the_batch_featurizer(data_dir):

@@ -253,7 +253,7 @@ def profile_text_matrix(data_dir: Path, table: pa.Table, schema: ProfileSchema,
                 cached.column(ID_COLUMN).to_numpy(), table.column(ID_COLUMN).to_numpy()):
             return (_list_matrix(cached.column("embedding")), float(info["seconds"]),
                     int(info.get("distinct_strings", 0)))
-    embedder = TextEmbedder(cache_size=0)  # embed() already embeds each distinct string once
+    embedder = TextEmbedder()  # the encoder's text channel embedded these strings already
     t0 = time.perf_counter()
     blocks, distinct = [], 0
     for name in fields:

