@@ -198,17 +198,6 @@ class TeachSummary:
         return self.scoring_calls / max(self.computed, 1)
 
 
-@dataclass
-class _RunCounts:
-    written: int = 0
-    failed: int = 0
-    computed: int = 0
-    reused: int = 0
-    cache_hits: int = 0
-    scoring_calls: int = 0
-    prompt_tokens: int = 0
-
-
 def chain_cache_dir(data_dir: Path, settings: Settings) -> Path | None:
     """``teacher.chain_cache``: true = ``DIR/teacher/chain_cache``, false = None, or a folder."""
     where = settings.teacher.chain_cache
@@ -252,7 +241,7 @@ def teach(
     if stop_after is not None:
         todo_ids = todo_ids[:stop_after]
     t0 = time.perf_counter()
-    counts = _RunCounts()
+    counts: Counter[str] = Counter()  # TeachSummary's counts of this run, zero when nothing to do
     if todo_ids:
         with torch_threads(tc.torch_threads):
             counts = _teach_users(data_dir, todo_ids, schema, taxonomy, cfg, tc, out,
@@ -260,14 +249,13 @@ def teach(
                                   chain_cache_dir(data_dir, settings))
     seconds = time.perf_counter() - t0
     report = teacher_audit(data_dir, settings, load_chains(data_dir)) if out.chains.exists() else {}
-    return TeachSummary(len(selected), counts.written, counts.failed, len(done), seconds, report,
-                        counts.computed, counts.reused, counts.cache_hits, counts.scoring_calls,
-                        counts.prompt_tokens)
+    return TeachSummary(selected=len(selected), skipped=len(done), seconds=seconds, audit=report,
+                        **{"written": 0, "failed": 0, **counts})
 
 
 def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, taxonomy: Taxonomy,
                  cfg: SearchConfig, tc, out, backend: LLMBackend, progress: bool,
-                 cache_dir: Path | None) -> _RunCounts:
+                 cache_dir: Path | None) -> Counter[str]:
     """Teach ``todo_ids`` in checkpointed parts.
 
     A user's chain comes from, in order: the chain cache (an earlier run), a user of this run
@@ -293,7 +281,7 @@ def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, tax
     out_schema = chain_schema(taxonomy)
     next_part = len(parquet_files(out.chains)) if out.chains.exists() else 0
     next_fail = len(parquet_files(out.failures)) if out.failures.exists() else 0
-    counts = _RunCounts()
+    counts: Counter[str] = Counter()
     t0 = time.perf_counter()
 
     columns = [TextColumn("teach"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
@@ -313,21 +301,21 @@ def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, tax
             searched = dict(zip(search, found))
             if tc.dedup:
                 ran.update({keys[i]: r for i, r in searched.items()})
-            counts.scoring_calls += used.scoring_calls
-            counts.prompt_tokens += used.prompt_tokens
+            counts["scoring_calls"] += used.scoring_calls
+            counts["prompt_tokens"] += used.prompt_tokens
             good, bad, new_entries = [], [], []
             for i in part:
                 k = keys[i]
                 if i in searched:
                     entry, cost = searched[i], None
-                    counts.computed += 1
+                    counts["computed"] += 1
                     if isinstance(entry, dict) and k not in stored and cache is not None:
                         new_entries.append(entry)
                         stored.add(k)
                 else:
                     entry, cost = (cached[k] if k in cached else ran[k]), _NO_COST
-                    counts.reused += 1
-                    counts.cache_hits += k in cached
+                    counts["reused"] += 1
+                    counts["cache_hits"] += k in cached
                 if isinstance(entry, str):
                     bad.append({"user_id": rows[i]["user_id"], "reason": entry})
                 else:
@@ -346,13 +334,14 @@ def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, tax
                 table = pa.Table.from_pylist(bad, schema=FAILURE_SCHEMA)
                 write_parquet_atomic(table, part_file(out.failures, next_fail))
                 next_fail += 1
-            counts.written += len(good)
-            counts.failed += len(bad)
+            counts["written"] += len(good)
+            counts["failed"] += len(bad)
             bar.advance(task, len(part))
             if progress and not bar.console.is_terminal:  # a log gets one line per part
                 rate = part.stop / max(time.perf_counter() - t0, 1e-9)
-                bar.console.print(f"teach: {part.stop}/{len(rows)} users, {counts.failed} failed, "
-                                  f"{counts.reused} reused, {rate:.2f} users/s", highlight=False)
+                bar.console.print(f"teach: {part.stop}/{len(rows)} users, {counts['failed']} "
+                                  f"failed, {counts['reused']} reused, {rate:.2f} users/s",
+                                  highlight=False)
     return counts
 
 
