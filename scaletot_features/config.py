@@ -109,6 +109,13 @@ class TeacherConfig(_Section):
     max_expansions: int = Field(12, ge=1, description="max scoring calls per user")
     batch_size: int = Field(16, ge=1)
     checkpoint_every: int = Field(32, ge=1, description="users per written part")
+    dedup: bool = Field(True, description="search each distinct profile text once per run; the "
+                        "other users with that text get a copy of its chain, with zero cost")
+    chain_cache: bool | str = Field(
+        True, description="reuse chains across runs, keyed by sha256 of the profile text and the "
+        "teacher key (model, scoring, calibration and its values, profile style, taxonomy, "
+        "search, prompts): true = DIR/teacher/chain_cache, false = off, or a folder (several "
+        "datasets may share one)")
     torch_threads: int | None = Field(
         None, ge=1, description="torch CPU threads for the teacher; None = torch's default "
         "(with another busy process on 2 cores, 1 thread ran the tiny-preset teach 7x faster)")

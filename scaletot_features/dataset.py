@@ -10,6 +10,7 @@ definitions and the benchmarks ask it for a path or a schema instead of spelling
       teacher/                  coverage.parquet, chains/, failures/, coverage_drift.json,
                                 audit.json
                                 calibration_cost.json
+                                chain_cache/ (chains by profile text + teacher key, across runs)
       student/                  split.parquet, sft/ and osipo/ (model folders with student.json),
                                 chains/, chains_summary.json
       encoder/                  the encoder artifact: model.safetensors + manifest.json
@@ -146,6 +147,13 @@ class TeacherLayout:
     def calibration(self) -> Path:
         """What the per-taxonomy calibration cost, summed over runs (not part of any user's cost)."""
         return self.root / "calibration_cost.json"
+
+    @property
+    def chain_cache(self) -> Path:
+        """The default content-addressed chain cache (``teacher.chain_cache: true``): chains
+        keyed by profile text and teacher configuration, reused across runs; ``--overwrite``
+        keeps it."""
+        return self.root / "chain_cache"
 
 
 STUDENT_MODELS = ("sft", "osipo")
@@ -571,6 +579,26 @@ def teacher_chain_schema(taxonomy: Taxonomy) -> pa.Schema:
              pa.field("branched_nodes", pa.int32()), pa.field("prompt_tokens", pa.int64()),
              pa.field("seconds", pa.float64())]
     return pa.schema(cols)
+
+
+TEACHER_USER_COLUMNS = ("user_id", "event_timestamp")
+"""What a teacher chain row has of its user; :func:`teacher_chain_cache_schema` stores the rest,
+less the evidence (the fields present in the user's own profile row)."""
+TEACHER_COST_COLUMNS = ("scoring_calls", "prompt_tokens", "seconds")
+"""A chain row's cost: what this run spent on this user (zero where its chain was reused)."""
+
+
+def teacher_chain_cache_schema(taxonomy: Taxonomy) -> pa.Schema:
+    """``DIR/teacher/chain_cache`` (or ``teacher.chain_cache``'s folder): one row per distinct
+    (profile text, teacher key): the content key, the teacher key, the text, then the chain
+    columns of :func:`teacher_chain_schema` without the user's id, timestamp and evidence; the
+    cost columns hold what the chain cost when it was computed."""
+    keep = [f for f in teacher_chain_schema(taxonomy)
+            if f.name not in TEACHER_USER_COLUMNS
+            and f.name not in {evidence_column(t) for t in taxonomy.type_names}]
+    return pa.schema([pa.field("key", pa.string(), nullable=False),
+                      pa.field("teacher_key", pa.string(), nullable=False),
+                      pa.field("profile_text", pa.string())] + keep)
 
 
 TEACHER_FAILURE_SCHEMA = pa.schema([pa.field("user_id", pa.int64()),

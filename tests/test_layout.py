@@ -152,6 +152,7 @@ def test_layout_paths(tmp_path):
     assert layout.teacher.chains == tmp_path / "teacher" / "chains"
     assert layout.teacher.drift == tmp_path / "teacher" / "coverage_drift.json"
     assert layout.teacher.audit == tmp_path / "teacher" / "audit.json"
+    assert layout.teacher.chain_cache == tmp_path / "teacher" / "chain_cache"
     assert layout.student.split == tmp_path / "student" / "split.parquet"
     assert layout.student.chains == tmp_path / "student" / "chains"
     assert layout.student.chains_summary == tmp_path / "student" / "chains_summary.json"
@@ -188,6 +189,10 @@ def test_schemas_keep_their_columns():
     assert teacher.names[3:8] == [t, f"{t}_prob", f"{t}_entropy", f"{t}_evidence", f"{t}_probs"]
     assert teacher.names[-9:] == ["provenance", "model_id", "scoring", "search", "logp",
                                   "scoring_calls", "branched_nodes", "prompt_tokens", "seconds"]
+    cache = ds.teacher_chain_cache_schema(tax)
+    assert cache.names[:4] == ["key", "teacher_key", "profile_text", "chain_text"]
+    assert cache.names[4:8] == [t, f"{t}_prob", f"{t}_entropy", f"{t}_probs"]  # evidence: per user
+    assert cache.names[-9:] == teacher.names[-9:]
     student = ds.student_chain_schema(tax)
     assert student.names[:6] == ["user_id", "chain_text", "valid", "error", t, f"{t}_prob"]
     assert student.names[-4:] == ["representation", "segment_representations", "provenance",

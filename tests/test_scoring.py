@@ -110,3 +110,24 @@ def test_chains_keep_the_full_distribution(tiny_backend) -> None:
 def test_unknown_calibration_is_refused(tiny_backend) -> None:
     with pytest.raises(ValueError, match="calibration"):
         NodeScorer(tiny_backend, TAX, "chat", "psychic")  # type: ignore[arg-type]
+
+
+def test_the_fingerprint_names_the_prompts_and_the_calibration_actually_used(tiny_backend):
+    """What a chain cache keys on: equal for the same scorer, different when the prompts, the
+    calibration or its sample (the offsets) differ."""
+    def primed(mode, calibration, sample=PROFILES):
+        scorer = NodeScorer(tiny_backend, TAX, mode, calibration)
+        scorer.prime(sample)
+        return scorer.fingerprint()
+
+    batch = primed("calibrated", "batch")
+    assert primed("calibrated", "batch") == batch  # deterministic, offsets included
+    assert set(batch["offsets"]) == set(TAX.type_names)
+    other_sample = primed("calibrated", "batch", PROFILES[:2])
+    assert other_sample["offsets"] != batch["offsets"]
+    assert other_sample["prompts_sha256"] == batch["prompts_sha256"]
+    free = primed("calibrated", "content_free")
+    assert free["offsets"] != batch["offsets"] and free["calibration"] == "content_free"
+    modes = {m: primed(m, "none")["prompts_sha256"] for m in ("label", "calibrated", "channel",
+                                                              "chat", "factored")}
+    assert len(set(modes.values())) == 5 and primed("label", "none")["offsets"] == {}

@@ -5,7 +5,14 @@ Output, under ``DIR/teacher/``:
 - ``coverage.parquet``: the selected users and their strata (written once, atomically);
 - ``chains/part-*.parquet``: one row per finished user (chain columns, cost columns);
 - ``failures/part-*.parquet``: users whose chain could not be produced or validated, with why;
-- ``coverage_drift.json``: the Great Expectations check of the subset against the population.
+- ``coverage_drift.json``: the Great Expectations check of the subset against the population;
+- ``chain_cache/part-*.parquet``: chains by (profile text, teacher key), reused by later runs
+  (``teacher.chain_cache``; see ``trainers/chain_cache.py``).
+
+Repeated profiles: users whose profile text is identical are searched once per run
+(``teacher.dedup``); each still gets its own row (own id, timestamp and evidence, the same
+values and distributions), and a row whose chain was reused records zero cost, so the cost
+columns sum to what the run spent.
 
 Checkpointing: every ``checkpoint_every`` users the finished rows are written as one part, by
 rename, so a part is either whole or absent. On restart the users already in a part are skipped:
@@ -16,7 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +41,10 @@ from scaletot_features.data.io import (
     parquet_files, read_json, read_table, write_json_atomic, write_parquet_atomic,
 )
 from scaletot_features.dataset import (
-    TEACHER_FAILURE_SCHEMA, DatasetLayout, TeacherLayout, part_file, teacher_chain_schema,
+    TEACHER_COST_COLUMNS, TEACHER_FAILURE_SCHEMA, DatasetLayout, TeacherLayout, evidence_column,
+    part_file, teacher_chain_schema,
 )
-from scaletot_features.llm.backend import LLMBackend
+from scaletot_features.llm.backend import BackendUsage, LLMBackend
 from scaletot_features.profile import FieldKind, ProfileSchema, ProfileStyle
 from scaletot_features.reasoning.coverage import population_segments, select_coverage
 from scaletot_features.reasoning.scoring import NodeScorer
@@ -42,6 +52,7 @@ from scaletot_features.reasoning.search import SearchConfig, search_chain, searc
 from scaletot_features.runtime import torch_threads
 from scaletot_features.taxonomy import Taxonomy
 from trainers.audit import teacher_audit
+from trainers.chain_cache import ChainCache, teacher_description, teacher_key, text_key
 
 
 def teacher_layout(data_dir: Path) -> TeacherLayout:
@@ -158,12 +169,52 @@ def make_backend(settings: Settings) -> LLMBackend:
 
 @dataclass(frozen=True)
 class TeachSummary:
+    """One run of :func:`teach`. Users finished by this run: ``written + failed``, of which
+    ``computed`` were searched and ``reused`` got the chain (or failure) of an identical
+    profile text, searched earlier in this run or found in the chain cache (``cache_hits``);
+    ``computed + reused == written + failed``. ``scoring_calls`` and ``prompt_tokens`` are what
+    this run's searches spent (calibration apart, in ``calibration_cost.json``)."""
+
     selected: int
     written: int
     failed: int
     skipped: int
     seconds: float
     audit: dict = field(default_factory=dict)
+    computed: int = 0
+    reused: int = 0
+    cache_hits: int = 0
+    scoring_calls: int = 0
+    prompt_tokens: int = 0
+
+    @property
+    def scoring_calls_per_user(self) -> float:
+        """Per user finished by this run, reused users included (at zero): the amortised cost."""
+        return self.scoring_calls / max(self.written + self.failed, 1)
+
+    @property
+    def scoring_calls_per_computed(self) -> float:
+        """Per searched profile text, reused users not counted: the cost of one chain."""
+        return self.scoring_calls / max(self.computed, 1)
+
+
+def chain_cache_dir(data_dir: Path, settings: Settings) -> Path | None:
+    """``teacher.chain_cache``: true = ``DIR/teacher/chain_cache``, false = None, or a folder."""
+    where = settings.teacher.chain_cache
+    if where is False:
+        return None
+    return teacher_layout(data_dir).chain_cache if where is True else Path(where).expanduser()
+
+
+def clear_teacher_output(data_dir: Path) -> None:
+    """What ``teach --overwrite`` discards: everything under ``DIR/teacher`` but the chain cache
+    (its entries are keyed by the teacher configuration, so they never serve another one)."""
+    out = teacher_layout(data_dir)
+    if not out.root.exists():
+        return
+    for path in out.root.iterdir():
+        if path != out.chain_cache:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def teach(
@@ -190,38 +241,91 @@ def teach(
     if stop_after is not None:
         todo_ids = todo_ids[:stop_after]
     t0 = time.perf_counter()
-    written = failed = 0
+    counts: Counter[str] = Counter()  # TeachSummary's counts of this run, zero when nothing to do
     if todo_ids:
         with torch_threads(tc.torch_threads):
-            written, failed = _teach_users(data_dir, todo_ids, schema, taxonomy, cfg, tc, out,
-                                           backend or make_backend(settings), progress)
+            counts = _teach_users(data_dir, todo_ids, schema, taxonomy, cfg, tc, out,
+                                  backend or make_backend(settings), progress,
+                                  chain_cache_dir(data_dir, settings))
     seconds = time.perf_counter() - t0
     report = teacher_audit(data_dir, settings, load_chains(data_dir)) if out.chains.exists() else {}
-    return TeachSummary(len(selected), written, failed, len(done), seconds, report)
+    return TeachSummary(selected=len(selected), skipped=len(done), seconds=seconds, audit=report,
+                        **{"written": 0, "failed": 0, **counts})
 
 
 def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, taxonomy: Taxonomy,
-                 cfg: SearchConfig, tc, out, backend: LLMBackend,
-                 progress: bool) -> tuple[int, int]:
-    """Teach ``todo_ids`` in checkpointed parts; returns (chains written, users failed)."""
+                 cfg: SearchConfig, tc, out, backend: LLMBackend, progress: bool,
+                 cache_dir: Path | None) -> Counter[str]:
+    """Teach ``todo_ids`` in checkpointed parts.
+
+    A user's chain comes from, in order: the chain cache (an earlier run), a user of this run
+    with the same profile text (``teacher.dedup``), or a search. Reused rows carry zero cost, so
+    the chain table's cost columns sum to what was spent. Per part the cache entries are
+    published before the chain rows: a run killed between the two finds those users undone and
+    their chains in the cache."""
     scorer = NodeScorer(backend, taxonomy, tc.scoring, tc.calibration)
     before, t_prime = backend.usage.snapshot(), time.perf_counter()
     scorer.prime(calibration_sample(data_dir, schema, tc.calibration_sample, tc.profile_style))
     _add_calibration_cost(out.calibration, time.perf_counter() - t_prime,
                           backend.usage.snapshot() - before)
     rows = _profile_rows(data_dir, pa.array(todo_ids, pa.int64()))
+    texts = [schema.to_text(r, tc.profile_style) for r in rows]
+    description = teacher_description(backend, scorer, cfg, tc.profile_style, taxonomy)
+    cache = ChainCache(cache_dir, description, taxonomy) if cache_dir is not None else None
+    tkey = teacher_key(description)
+    keys = [text_key(tkey, t) for t in texts]
+    cached = cache.lookup(keys) if cache is not None else {}
+    pending = Counter(keys)  # users to come per text: its entry is dropped after the last one
+    ran: dict[str, dict | str] = {}  # dedup: text key -> cache entry, or the failure's reason
+    stored: set[str] = set()  # keys this run added to the cache
     out_schema = chain_schema(taxonomy)
     next_part = len(parquet_files(out.chains)) if out.chains.exists() else 0
     next_fail = len(parquet_files(out.failures)) if out.failures.exists() else 0
-    written = failed = 0
+    counts: Counter[str] = Counter()
     t0 = time.perf_counter()
 
     columns = [TextColumn("teach"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("teach", total=len(rows))
         for start in range(0, len(rows), tc.checkpoint_every):
-            part_rows = rows[start:start + tc.checkpoint_every]
-            good, bad = _teach_part(part_rows, schema, scorer, backend, taxonomy, cfg, tc)
+            part = range(start, min(start + tc.checkpoint_every, len(rows)))
+            search: list[int] = []
+            for i in part:
+                if keys[i] not in cached and not (tc.dedup and keys[i] in ran):
+                    search.append(i)
+                    if tc.dedup:
+                        ran[keys[i]] = ""  # claimed: a later user of this part reuses it
+            found, used = _search_part([texts[i] for i in search], [keys[i] for i in search],
+                                       tkey, schema, [rows[i] for i in search], scorer, backend,
+                                       taxonomy, cfg, tc)
+            searched = dict(zip(search, found))
+            if tc.dedup:
+                ran.update({keys[i]: r for i, r in searched.items()})
+            counts["scoring_calls"] += used.scoring_calls
+            counts["prompt_tokens"] += used.prompt_tokens
+            good, bad, new_entries = [], [], []
+            for i in part:
+                k = keys[i]
+                if i in searched:
+                    entry, cost = searched[i], None
+                    counts["computed"] += 1
+                    if isinstance(entry, dict) and k not in stored and cache is not None:
+                        new_entries.append(entry)
+                        stored.add(k)
+                else:
+                    entry, cost = (cached[k] if k in cached else ran[k]), _NO_COST
+                    counts["reused"] += 1
+                    counts["cache_hits"] += k in cached
+                if isinstance(entry, str):
+                    bad.append({"user_id": rows[i]["user_id"], "reason": entry})
+                else:
+                    good.append(_user_row(entry, rows[i], schema, taxonomy, cost))
+                pending[k] -= 1
+                if not pending[k]:
+                    ran.pop(k, None)
+                    cached.pop(k, None)
+            if cache is not None:
+                cache.add(new_entries)
             if good:
                 table = pa.Table.from_pylist(good, schema=out_schema)
                 write_parquet_atomic(table, part_file(out.chains, next_part))
@@ -230,22 +334,28 @@ def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, tax
                 table = pa.Table.from_pylist(bad, schema=FAILURE_SCHEMA)
                 write_parquet_atomic(table, part_file(out.failures, next_fail))
                 next_fail += 1
-            written += len(good)
-            failed += len(bad)
-            bar.advance(task, len(part_rows))
+            counts["written"] += len(good)
+            counts["failed"] += len(bad)
+            bar.advance(task, len(part))
             if progress and not bar.console.is_terminal:  # a log gets one line per part
-                done = start + len(part_rows)
-                rate = done / max(time.perf_counter() - t0, 1e-9)
-                bar.console.print(f"teach: {done}/{len(rows)} users, {failed} failed, "
-                                  f"{rate:.2f} users/s", highlight=False)
-    return written, failed
+                rate = part.stop / max(time.perf_counter() - t0, 1e-9)
+                bar.console.print(f"teach: {part.stop}/{len(rows)} users, {counts['failed']} "
+                                  f"failed, {counts['reused']} reused, {rate:.2f} users/s",
+                                  highlight=False)
+    return counts
 
 
-def _teach_part(rows: list[dict], schema: ProfileSchema, scorer: NodeScorer,
-                backend: LLMBackend, taxonomy: Taxonomy, cfg: SearchConfig,
-                tc) -> tuple[list[dict], list[dict]]:
-    """Chains for one checkpoint part; a user that fails is recorded, never fatal."""
-    texts = [schema.to_text(r, tc.profile_style) for r in rows]
+_NO_COST = dict.fromkeys(TEACHER_COST_COLUMNS, 0)  # a reused row: this run spent nothing on it
+
+
+def _search_part(texts: list[str], keys: list[str], tkey: str, schema: ProfileSchema,
+                 rows: list[dict], scorer: NodeScorer, backend: LLMBackend, taxonomy: Taxonomy,
+                 cfg: SearchConfig, tc) -> tuple[list[dict | str], BackendUsage]:
+    """Search one part's texts together: per text a cache entry (its cost apportioned from the
+    part's by scoring calls) or why it failed; a text that fails is recorded, never fatal."""
+    used = BackendUsage()
+    if not texts:
+        return [], used
     evidence = [tuple(schema.present_fields(r)) for r in rows]
     before = backend.usage.snapshot()
     t0 = time.perf_counter()
@@ -261,25 +371,37 @@ def _teach_part(rows: list[dict], schema: ProfileSchema, scorer: NodeScorer,
     seconds = time.perf_counter() - t0
     tokens = (backend.usage.snapshot() - before).prompt_tokens
     calls_total = sum(r.expansions for r in results if not isinstance(r, Exception)) or 1
-    good, bad = [], []
-    for row, res in zip(rows, results):
+    found: list[dict | str] = []
+    for text, key, res in zip(texts, keys, results):
         if isinstance(res, Exception):
-            bad.append({"user_id": row["user_id"], "reason": f"{type(res).__name__}: {res}"})
+            found.append(f"{type(res).__name__}: {res}")
             continue
         try:
             parse_chain_values(res.chain.to_text(), taxonomy)
         except ValueError as e:
-            bad.append({"user_id": row["user_id"], "reason": f"invalid chain: {e}"})
+            found.append(f"invalid chain: {e}")
             continue
         share = res.expansions / calls_total  # batch cost apportioned by scoring calls
         rec = res.chain.to_record()
-        rec.update(user_id=row["user_id"], event_timestamp=row["event_timestamp"],
-                   chain_text=res.chain.to_text(), scoring=tc.scoring, search=tc.search,
-                   logp=res.logp, scoring_calls=res.expansions,
-                   branched_nodes=res.branched_nodes, prompt_tokens=round(tokens * share),
-                   seconds=seconds * share)
-        good.append(rec)
-    return good, bad
+        rec.update(key=key, teacher_key=tkey, profile_text=text, chain_text=res.chain.to_text(),
+                   scoring=tc.scoring, search=tc.search, logp=res.logp,
+                   scoring_calls=res.expansions, branched_nodes=res.branched_nodes,
+                   prompt_tokens=round(tokens * share), seconds=seconds * share)
+        found.append(rec)
+        used.scoring_calls += res.expansions
+    used.prompt_tokens = tokens
+    return found, used
+
+
+def _user_row(entry: dict, row: dict, schema: ProfileSchema, taxonomy: Taxonomy,
+              cost: dict | None) -> dict:
+    """A chain row of ``row``'s user from a cache entry: its own id, timestamp and evidence (the
+    fields present in its profile), and ``cost`` (None: the entry's own, for a searched user)."""
+    rec = dict(entry)
+    evidence = schema.present_fields(row)
+    rec.update({evidence_column(t): list(evidence) for t in taxonomy.type_names})
+    rec.update(user_id=row["user_id"], event_timestamp=row["event_timestamp"], **(cost or {}))
+    return rec
 
 
 def _add_calibration_cost(path: Path, seconds: float, used) -> None:
@@ -298,14 +420,22 @@ def load_chains(data_dir: Path) -> pa.Table:
 
 
 def teach_report(data_dir: Path) -> dict:
-    """Counts and mean cost of the written chains (for the CLI and the demo)."""
+    """Counts and mean cost of the written chains (for the CLI and the demo).
+
+    ``mean_<cost>`` is over every chain row, reused ones at zero (what a covered user cost);
+    ``mean_<cost>_computed`` over the rows whose chain was searched for them (what a chain
+    cost); ``reused`` counts the rows that copied an identical profile's chain."""
     out = teacher_layout(data_dir)
     chains = load_chains(data_dir) if out.chains.exists() else None
     n = chains.num_rows if chains is not None else 0
     report = {"chains": n, "failures": len(_done_user_ids(out.failures))}
     if n:
-        for c in ("scoring_calls", "prompt_tokens", "seconds"):
+        computed = chains.filter(pc.greater(chains.column("scoring_calls"), 0))
+        report["reused"] = n - computed.num_rows
+        for c in TEACHER_COST_COLUMNS:
             report[f"mean_{c}"] = float(pc.mean(chains.column(c)).as_py())
+            if computed.num_rows:
+                report[f"mean_{c}_computed"] = float(pc.mean(computed.column(c)).as_py())
     if out.drift.exists():
         report["coverage_drift_success"] = read_json(out.drift).get("success")
     if out.calibration.exists():

@@ -161,10 +161,8 @@ def teach(
 ) -> None:
     """Teacher: select the coverage subset, write ToT chains (checkpointed, resumable), then
     audit the chains against the covered users' labels."""
-    import shutil
-
     from trainers.audit import audit_lines
-    from trainers.teach import teach as run_teach, teach_report
+    from trainers.teach import clear_teacher_output, teach as run_teach, teach_report
 
     s = _settings(config, preset)
     for key, value in (("model", model), ("scoring", scoring), ("search", search),
@@ -175,15 +173,19 @@ def teach(
             except ValueError as e:
                 _fail(f"--{key}: {e.errors()[0]['msg'] if hasattr(e, 'errors') else e}")
     _require_dataset(data_dir)
-    if overwrite and DatasetLayout(data_dir).teacher.root.exists():
-        shutil.rmtree(DatasetLayout(data_dir).teacher.root)
+    if overwrite:
+        clear_teacher_output(data_dir)  # the chain cache stays: its keys name their configuration
     try:
         summary = run_teach(data_dir, s)
     except (ValueError, RuntimeError, FileNotFoundError) as e:  # FileNotFound: a model not installed
         _fail(str(e))
     console.print(
         f"teacher: {summary.selected} covered users; {summary.written} chains written, "
-        f"{summary.failed} failed, {summary.skipped} already done ({summary.seconds:.1f} s)"
+        f"{summary.failed} failed, {summary.skipped} already done ({summary.seconds:.1f} s); "
+        f"{summary.computed} searched, {summary.reused} reused an identical profile's chain "
+        f"({summary.cache_hits} from the chain cache); {summary.scoring_calls} scoring calls, "
+        f"{summary.scoring_calls_per_user:.2f} per user (reused included), "
+        f"{summary.scoring_calls_per_computed:.2f} per searched chain"
     )
     console.print(teach_report(data_dir))
     for line in audit_lines(summary.audit):

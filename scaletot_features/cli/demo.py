@@ -54,9 +54,10 @@ def run_demo(settings: Settings, console: Console) -> int:
     summary = teach(layout.root, settings)
     report = teach_report(layout.root)
     console.print(f"  {report['chains']} chains ({summary.written} new, {summary.skipped} "
-                  f"already done), {report['failures']} failures; "
+                  f"already done, {report.get('reused', 0)} reusing an identical profile's "
+                  f"chain), {report['failures']} failures; "
                   f"{report.get('mean_scoring_calls', 0):.1f} scoring calls and "
-                  f"{report.get('mean_prompt_tokens', 0):.0f} tokens per user")
+                  f"{report.get('mean_prompt_tokens', 0):.0f} tokens per user (reused at zero)")
     from trainers.audit import audit_lines
 
     for line in audit_lines(summary.audit):

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from scaletot_features.dataset import part_file
+from scaletot_features.dataset import PART_GLOB, part_file
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -109,6 +109,30 @@ def write_parquet_atomic(table: pa.Table, path: Path, **kwargs: Any) -> Path:
     with atomic_file(path) as tmp:
         pq.write_table(table, tmp, **kwargs)
     return Path(path)
+
+
+def append_part_atomic(table: pa.Table, directory: Path, **kwargs: Any) -> Path:
+    """Add ``table`` to a table folder as its next free part, whole or not at all.
+
+    The part is written under a temporary name and hard-linked to the first free part name:
+    the link fails rather than replace a part that another writer of the same folder (a cache
+    shared by two runs) published meanwhile, and the next name is tried.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    index = len(list(directory.glob(PART_GLOB)))
+    tmp = _tmp_sibling(part_file(directory, index))
+    try:
+        pq.write_table(table, tmp, **kwargs)
+        while True:
+            final = part_file(directory, index)
+            try:
+                os.link(tmp, final)
+                return final
+            except FileExistsError:
+                index += 1
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(text: str, path: Path) -> Path:

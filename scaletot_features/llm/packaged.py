@@ -233,6 +233,18 @@ def model_id_for(name_or_path: str | Path) -> str:
     return str(Path(name).expanduser().resolve())
 
 
+def model_fingerprint(model_id: str) -> str:
+    """``model_id`` (:func:`model_id_for`: versioned for the named models), and for a local
+    folder also the name, size and modification time of each of its files, so that new weights
+    under the same path count as another model (chain caches key on it)."""
+    path = Path(model_id)
+    if not path.is_dir():
+        return model_id
+    stats = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                   for f in path.iterdir() if f.is_file())
+    return f"{model_id}#{hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]}"
+
+
 # --- models split over part distributions -----------------------------------------------------
 
 

@@ -21,6 +21,8 @@ nodes do not read the chain so far (each field's evidence is asked about on its 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -146,32 +148,58 @@ class NodeScorer:
         (one batched forward over the prefix's KV cache); ``channel`` has no shared prefix, so all
         requests' (description, profile) pairs go through the backend in one batched call.
         """
-        b, tax = self.backend, self.taxonomy
+        b = self.backend
+        prompts_ = [self._prompt(text, values) for text, values in requests]
         if self.mode == "channel":
-            heads: list[str] = []
-            tails: list[str] = []
-            sizes: list[int] = []
-            for profile_text, values in requests:
-                h = prompts.channel_prefixes(tax.types[len(values)], tax, values)
-                heads += h
-                tails += [prompts.channel_continuation(profile_text)] * len(h)
-                sizes.append(len(h))
+            heads = [h for hs, _ in prompts_ for h in hs]
+            tails = [t for _, ts in prompts_ for t in ts]
             raw = np.asarray(b.score_pairs(heads, tails), dtype=np.float64)
-            return list(np.split(raw, np.cumsum(sizes)[:-1]))
-        out = []
-        for profile_text, values in requests:
-            state = tax.types[len(values)]
-            if self.mode == "label":
-                prefix = prompts.label_prefix(profile_text, tax, values)
-                conts = prompts.label_continuations(state)
-            elif self.mode == "calibrated":
-                prefix = prompts.calibrated_prefix(profile_text, tax, values)
-                conts = prompts.description_continuations(state)
-            else:  # chat
-                prefix = b.chat_prompt(prompts.chat_messages(profile_text, tax, values))
-                conts = prompts.chat_answers(state)
-            out.append(np.asarray(b.score_continuations(prefix, conts), dtype=np.float64))
-        return out
+            return list(np.split(raw, np.cumsum([len(hs) for hs, _ in prompts_])[:-1]))
+        return [np.asarray(b.score_continuations(hs[0], conts), dtype=np.float64)
+                for hs, conts in prompts_]
+
+    def _prompt(self, profile_text: str, values: list[str]) -> tuple[list[str], list[str]]:
+        """What one request sends to the backend: ``channel``'s (prefix, continuation) pairs, one
+        per value, or the other modes' one prefix and the candidate continuations."""
+        tax = self.taxonomy
+        state = tax.types[len(values)]
+        if self.mode == "channel":
+            heads = prompts.channel_prefixes(state, tax, values)
+            return heads, [prompts.channel_continuation(profile_text)] * len(heads)
+        if self.mode == "label":
+            return ([prompts.label_prefix(profile_text, tax, values)],
+                    prompts.label_continuations(state))
+        if self.mode == "calibrated":
+            return ([prompts.calibrated_prefix(profile_text, tax, values)],
+                    prompts.description_continuations(state))
+        if self.mode == "chat":
+            return ([self.backend.chat_prompt(prompts.chat_messages(profile_text, tax, values))],
+                    prompts.chat_answers(state))
+        raise ValueError(f"{self.mode!r} scores one line at a time (_line_logprobs)")
+
+    def fingerprint(self) -> dict:
+        """What the scores depend on besides the model and the profile: the mode, the calibration
+        and the offsets it uses (call :meth:`prime` first; rounded to 1e-5 and 6 significant
+        digits, so that another thread count's last-bit differences do not count), and a hash of
+        every prompt and continuation text this scorer sends for a probe profile (the templates
+        and the model's chat template). Chain caches key on it."""
+        probe = "probe field: probe value\nother field: other value"
+        texts = [prompts.NO_PROFILE, prompts.calibrated_content_free_prefix(self.taxonomy)]
+        values: list[str] = []
+        for state in self.taxonomy.types:
+            if self.mode == "factored":
+                for line in prompts.profile_lines(probe):
+                    prefix, conts = self._line_prompt(state, line)
+                    texts += [prefix, *conts]
+            else:
+                heads, conts = self._prompt(probe, values)
+                texts += heads + conts
+            values.append(state.value_names[0])
+        offsets = {name: [float(f"{round(float(x), 5):.6g}") for x in off]
+                   for name, off in self.offsets.items()}
+        digest = hashlib.sha256(json.dumps(texts).encode()).hexdigest()
+        return {"mode": self.mode, "calibration": self.calibration, "offsets": offsets,
+                "prompts_sha256": digest}
 
     # --- factored ------------------------------------------------------------------------------
 
@@ -180,10 +208,14 @@ class NodeScorer:
         for line in lines:
             key = (state.name, line)
             if key not in self._lines:
-                prefix = self.backend.chat_prompt(prompts.chat_opening(line, state))
                 self._lines[key] = log_softmax(
-                    self.backend.score_continuations(prefix, prompts.chat_answers(state)))
+                    self.backend.score_continuations(*self._line_prompt(state, line)))
         return np.stack([self._lines[(state.name, ln)] for ln in lines])
+
+    def _line_prompt(self, state: StateType, line: str) -> tuple[str, list[str]]:
+        """``factored``'s one-line question: (prefix, the value words)."""
+        return (self.backend.chat_prompt(prompts.chat_opening(line, state)),
+                prompts.chat_answers(state))
 
     def _factored(self, profile_text: str, state: StateType) -> np.ndarray:
         lines = prompts.profile_lines(profile_text)
