@@ -281,3 +281,50 @@ def test_a_kill_between_the_cache_part_and_the_chain_part_loses_nothing(repeated
     ids = read_table(out.chains).column("user_id").to_pylist()
     assert len(ids) == len(set(ids)) == COVERED
     _assert_same_chains(got, want, s.taxonomy(), exact=True)
+
+
+# --------------------------------------------------------------------------- the Ray engine
+
+
+def _ray_available() -> bool:
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.slow  # local Ray start-up and two actors loading the teacher: about 40 s
+@pytest.mark.skipif(not _ray_available(), reason="ray[data] is not installed ('.[scale]')")
+def test_ray_engine_writes_the_chains_the_local_engine_writes(repeated_population, tmp_path,
+                                                              tiny_backend):
+    import tempfile
+
+    local_dir = _copy(repeated_population, tmp_path, "local")
+    ray_dir = _copy(repeated_population, tmp_path, "ray")
+    common = {"scoring": "calibrated", "calibration": "batch"}
+    local, _, _ = _run(local_dir, _settings(**common), tiny_backend)
+    s = _settings(engine="ray", **common)
+    s.ray.tmpdir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: socket paths
+    s.ray.batch_users = 5  # several batches over the two actors
+    try:
+        ray_run = teach(ray_dir, s, backend=tiny_backend, progress=False)
+    finally:
+        shutil.rmtree(s.ray.tmpdir, ignore_errors=True)
+    assert ray_run.written == local.written == COVERED and ray_run.failed == 0
+    texts = _texts(ray_dir, s)
+    assert ray_run.computed == len(set(texts.values()))  # each distinct text searched once
+    assert ray_run.computed + ray_run.reused == COVERED
+    _assert_same_chains(_by_user(ray_dir), _by_user(local_dir), s.taxonomy())
+    costs = load_chains(ray_dir)  # the searches' costs are the actors', once per text
+    assert sum(costs.column("scoring_calls").to_pylist()) == ray_run.scoring_calls > 0
+    # every search was published to the chain cache as its batch finished: a rerun searches none
+    clear_teacher_output(ray_dir)
+    again = teach(ray_dir, _settings(**common), backend=tiny_backend, progress=False)
+    assert again.computed == 0 and again.cache_hits == COVERED
+
+
+def test_ray_engine_needs_the_chain_cache(repeated_population):
+    with pytest.raises(ValueError, match="teacher.chain_cache"):
+        teach(repeated_population, _settings(engine="ray", chain_cache=False), progress=False)

@@ -229,9 +229,12 @@ def teach(
     taxonomy = settings.taxonomy()
     schema: ProfileSchema = settings.profile_schema()
     tc = settings.teacher
-    cfg = SearchConfig(strategy=tc.search, tau=tc.tau, width=tc.width,
-                       max_expansions=tc.max_expansions)
+    cfg = search_config(settings)
     cfg.check(taxonomy)
+    if tc.engine == "ray":
+        from trainers.teach_ray import check_ray_teach
+
+        check_ray_teach(settings)
     if backend is None:
         check_teacher_model(settings)
     out = teacher_layout(data_dir)
@@ -246,23 +249,34 @@ def teach(
         with torch_threads(tc.torch_threads):
             counts = _teach_users(data_dir, todo_ids, schema, taxonomy, cfg, tc, out,
                                   backend or make_backend(settings), progress,
-                                  chain_cache_dir(data_dir, settings))
+                                  chain_cache_dir(data_dir, settings),
+                                  settings if tc.engine == "ray" else None)
     seconds = time.perf_counter() - t0
     report = teacher_audit(data_dir, settings, load_chains(data_dir)) if out.chains.exists() else {}
     return TeachSummary(selected=len(selected), skipped=len(done), seconds=seconds, audit=report,
                         **{"written": 0, "failed": 0, **counts})
 
 
+def search_config(settings: Settings) -> SearchConfig:
+    tc = settings.teacher
+    return SearchConfig(strategy=tc.search, tau=tc.tau, width=tc.width,
+                        max_expansions=tc.max_expansions)
+
+
 def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, taxonomy: Taxonomy,
                  cfg: SearchConfig, tc, out, backend: LLMBackend, progress: bool,
-                 cache_dir: Path | None) -> Counter[str]:
+                 cache_dir: Path | None, ray_settings: Settings | None = None) -> Counter[str]:
     """Teach ``todo_ids`` in checkpointed parts.
 
     A user's chain comes from, in order: the chain cache (an earlier run), a user of this run
     with the same profile text (``teacher.dedup``), or a search. Reused rows carry zero cost, so
     the chain table's cost columns sum to what was spent. Per part the cache entries are
     published before the chain rows: a run killed between the two finds those users undone and
-    their chains in the cache."""
+    their chains in the cache.
+
+    With ``ray_settings`` (``teacher.engine: ray``) the distinct texts to search are searched
+    first on Ray Data actors (:mod:`trainers.teach_ray`), each finished batch published to the
+    cache; the parts are then written from those results as the local engine writes its own."""
     scorer = NodeScorer(backend, taxonomy, tc.scoring, tc.calibration)
     before, t_prime = backend.usage.snapshot(), time.perf_counter()
     scorer.prime(calibration_sample(data_dir, schema, tc.calibration_sample, tc.profile_style))
@@ -283,7 +297,23 @@ def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, tax
     next_fail = len(parquet_files(out.failures)) if out.failures.exists() else 0
     counts: Counter[str] = Counter()
     t0 = time.perf_counter()
+    searched_on_ray: dict[str, dict | str] = {}
+    if ray_settings is not None and cache is not None:
+        from trainers.teach_ray import search_on_ray
 
+        first: list[int] = []  # the first user of each text to search, in order
+        for i, k in enumerate(keys):
+            if k not in cached and k not in searched_on_ray:
+                searched_on_ray[k] = ""
+                first.append(i)
+        searched_on_ray = search_on_ray(
+            ray_settings, scorer, tkey, [keys[i] for i in first], [texts[i] for i in first],
+            [rows[i] for i in first], schema, cache.add,
+            (lambda done, total: print(f"teach (ray): {done}/{total} texts searched",
+                                       flush=True)) if progress else None)
+        stored.update(k for k, v in searched_on_ray.items() if isinstance(v, dict))
+
+    dedup = tc.dedup or ray_settings is not None  # the ray engine searches each text once
     columns = [TextColumn("teach"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("teach", total=len(rows))
@@ -291,15 +321,19 @@ def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, tax
             part = range(start, min(start + tc.checkpoint_every, len(rows)))
             search: list[int] = []
             for i in part:
-                if keys[i] not in cached and not (tc.dedup and keys[i] in ran):
+                if keys[i] not in cached and not (dedup and keys[i] in ran):
                     search.append(i)
-                    if tc.dedup:
+                    if dedup:
                         ran[keys[i]] = ""  # claimed: a later user of this part reuses it
-            found, used = _search_part([texts[i] for i in search], [keys[i] for i in search],
-                                       tkey, schema, [rows[i] for i in search], scorer, backend,
-                                       taxonomy, cfg, tc)
+            if searched_on_ray:
+                found, used = _taken(search, keys, searched_on_ray)
+            else:
+                found, used = _search_part([texts[i] for i in search],
+                                           [keys[i] for i in search], tkey, schema,
+                                           [rows[i] for i in search], scorer, backend, taxonomy,
+                                           cfg, tc)
             searched = dict(zip(search, found))
-            if tc.dedup:
+            if dedup:
                 ran.update({keys[i]: r for i, r in searched.items()})
             counts["scoring_calls"] += used.scoring_calls
             counts["prompt_tokens"] += used.prompt_tokens
@@ -343,6 +377,18 @@ def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, tax
                                   f"failed, {counts['reused']} reused, {rate:.2f} users/s",
                                   highlight=False)
     return counts
+
+
+def _taken(search: list[int], keys: list[str],
+           results: dict[str, dict | str]) -> tuple[list[dict | str], BackendUsage]:
+    """The Ray engine's results for a part's searches, and what they cost (from the entries)."""
+    found = [results[keys[i]] for i in search]
+    used = BackendUsage()
+    for entry in found:
+        if isinstance(entry, dict):
+            used.scoring_calls += int(entry["scoring_calls"])
+            used.prompt_tokens += int(entry["prompt_tokens"])
+    return found, used
 
 
 _NO_COST = dict.fromkeys(TEACHER_COST_COLUMNS, 0)  # a reused row: this run spent nothing on it

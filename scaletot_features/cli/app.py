@@ -156,6 +156,8 @@ def teach(
     search: Optional[str] = typer.Option(None, "--search", help="entropy | greedy | beam"),
     calibration: Optional[str] = typer.Option(
         None, "--calibration", help="none | content_free | batch (default: the mode's own)"),
+    engine: Optional[str] = typer.Option(
+        None, "--engine", help="local | ray (Ray Data actors, one teacher each; settings: ray)"),
     config: Optional[Path] = ConfigOpt,
     preset: Optional[str] = PresetOpt,
 ) -> None:
@@ -166,7 +168,7 @@ def teach(
 
     s = _settings(config, preset)
     for key, value in (("model", model), ("scoring", scoring), ("search", search),
-                       ("calibration", calibration)):
+                       ("calibration", calibration), ("engine", engine)):
         if value is not None:
             try:
                 setattr(s.teacher, key, value)
