@@ -72,8 +72,9 @@ def time_calls(fn: Callable[[], Any], n: int, warmup: int = 20) -> list[float]:
     return out
 
 
-def build_dataset(out: Path, users: int, dim: int, hidden: int) -> None:
-    """Synthetic population + random-weight encoder + the real embed stage."""
+def build_dataset(out: Path, users: int, dim: int, hidden: int, text_channel: bool = True) -> None:
+    """Synthetic population + random-weight encoder (with the text channel, the product's
+    default, unless told otherwise) + the real embed stage."""
     import torch
 
     from scaletot_features.config import build_settings
@@ -87,7 +88,8 @@ def build_dataset(out: Path, users: int, dim: int, hidden: int) -> None:
     from scaletot_features.taxonomy import DEFAULT_TAXONOMY
 
     generate_population(out, users=users, seed=0, chunk_size=min(users, 50_000), progress=False)
-    featurizer = Featurizer.fit(read_table(DatasetLayout(out).profiles), DEFAULT_PROFILE_SCHEMA)
+    featurizer = Featurizer.fit(read_table(DatasetLayout(out).profiles), DEFAULT_PROFILE_SCHEMA,
+                                use_text_embedding=text_channel)
     torch.manual_seed(0)
     net = ProfileEncoderNet(NetworkShape.for_featurizer(featurizer, DEFAULT_TAXONOMY, dim=dim,
                                                         hidden=hidden))
@@ -172,6 +174,20 @@ def bench_in_process(data_dir: Path, repo_dir: Path | None, n: int, prefix: str
     out[f"{prefix}one_user_live_encoder"] = percentiles(time_calls(
         lambda: fs.get_online_features(features=live,
                                        entity_rows=[profiles[next(k) % 1000]]).to_dict(), n))
+    from scaletot_features.dataset import DatasetLayout
+    from scaletot_features.encoder.featurizer import TextEmbedder
+    from scaletot_features.store.transforms import get_encoder
+
+    if get_encoder(str(DatasetLayout(data_dir).encoder)).featurizer.texts:
+        # the text channel's strings cached (above: 1,000 profiles cycled) vs none cached: every
+        # call then runs the sentence model on the request's strings (what a new string costs)
+        def cold() -> Any:
+            TextEmbedder._cache.clear()
+            return fs.get_online_features(features=live,
+                                          entity_rows=[profiles[next(k) % 1000]]).to_dict()
+
+        out[f"{prefix}one_user_live_encoder_cold_strings"] = percentiles(
+            time_calls(cold, max(50, n // 5), warmup=5))
     for batch in (100, 1000):
         rows = [{"user_id": int(i)} for i in rng.integers(1, users + 1, batch)]
         reps = 20 if batch == 100 else 6
@@ -303,6 +319,8 @@ def main() -> None:
     p.add_argument("--load-seconds", type=float, default=15.0)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
     p.add_argument("--skip-http", action="store_true")
+    p.add_argument("--no-text-channel", action="store_true",
+                   help="the synthetic encoder without the sentence-model text channel")
     a = p.parse_args()
 
     from rich.console import Console
@@ -330,8 +348,9 @@ def main() -> None:
         if a.data is None:
             data = work / "data"
             t0 = time.perf_counter()
-            build_dataset(data, a.users, a.dim, a.hidden)
+            build_dataset(data, a.users, a.dim, a.hidden, text_channel=not a.no_text_channel)
             result["dataset"] = {"users": a.users, "dim": a.dim, "hidden": a.hidden,
+                                 "text_channel": not a.no_text_channel,
                                  "encoder": "random weights", "build_s":
                                  round(time.perf_counter() - t0, 1)}
         else:
