@@ -15,6 +15,20 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _ray_data_installed() -> bool:
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+requires_ray = pytest.mark.skipif(not _ray_data_installed(),
+                                  reason="ray[data] is not installed (pip install -e '.[scale]')")
+"""For the tests of a Ray engine: they compare it with the local one in local Ray."""
+
+
 @pytest.fixture(scope="session")
 def tiny_population(tmp_path_factory) -> Path:
     """2,000 synthetic users (the tiny preset's size): read-only, shared by the session."""

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from conftest import requires_ray
 
 from scaletot_features.data.io import count_rows, parquet_files, read_json, read_table
 from scaletot_features.dataset import embedding_dim, reasoning_feature_schema
@@ -124,17 +125,8 @@ def test_request_time_rows_give_the_batch_features(embedded):
         np.testing.assert_allclose(a["embedding"], b["embedding"], atol=TOL)
 
 
-def _ray_available() -> bool:
-    try:
-        import ray  # noqa: F401
-        import ray.data  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
-
-@pytest.mark.skipif(not _ray_available(),
-                    reason="ray[data] is not installed (pip install -e '.[scale]')")
+@requires_ray
 def test_ray_data_gives_the_same_table_as_the_local_engine(embedded, tmp_path):
     data, _ = embedded
     s = encoder_settings()

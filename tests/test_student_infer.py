@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import requires_ray
 import torch
 
 from scaletot_features.chain import ChainParseError, chain_text, parse_chain_values, segment_spans
@@ -169,15 +170,11 @@ def _assert_same_chains(got, want) -> None:
         np.testing.assert_allclose(g["representation"], w["representation"], rtol=1e-3, atol=1e-4)
 
 
-def test_a_killed_inference_resumes_without_losing_or_repeating_a_user(trained, tmp_path,
-                                                                        monkeypatch):
+def _killed_after_one_part(monkeypatch):
+    """Inference dies (as if killed) when it starts its second part; returns the real function
+    (to put back for the resumed run)."""
     import scaletot_features.reasoning.student_inference as inference
 
-    data, s, _ = trained
-    users = covered_user_ids(data)
-    s = s.model_copy(deep=True)
-    s.student.infer_part_users = 4
-    out = tmp_path / "chains"
     real, calls = inference.infer_table, []
 
     def dies_on_the_second_part(*args, **kwargs):
@@ -187,6 +184,19 @@ def test_a_killed_inference_resumes_without_losing_or_repeating_a_user(trained, 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(inference, "infer_table", dies_on_the_second_part)
+    return real
+
+
+def test_a_killed_inference_resumes_without_losing_or_repeating_a_user(trained, tmp_path,
+                                                                        monkeypatch):
+    import scaletot_features.reasoning.student_inference as inference
+
+    data, s, _ = trained
+    users = covered_user_ids(data)
+    s = s.model_copy(deep=True)
+    s.student.infer_part_users = 4
+    out = tmp_path / "chains"
+    real = _killed_after_one_part(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run_inference(data, s, user_ids=users, out_dir=out, progress=False)
     assert not out.exists()  # readers never see half a table
@@ -208,15 +218,7 @@ def test_a_scratch_folder_of_another_model_is_not_resumed(trained, tmp_path, mon
     s = s.model_copy(deep=True)
     s.student.infer_part_users = 3
     out = tmp_path / "chains"
-    real, calls = inference.infer_table, []
-
-    def dies_on_the_second_part(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(inference, "infer_table", dies_on_the_second_part)
+    real = _killed_after_one_part(monkeypatch)
     with pytest.raises(KeyboardInterrupt):  # the SFT student's parts
         run_inference(data, s, user_ids=users, model_dir=student_paths(data)["sft"],
                       out_dir=out, progress=False)
@@ -228,17 +230,9 @@ def test_a_scratch_folder_of_another_model_is_not_resumed(trained, tmp_path, mon
     assert len(model_ids) == 1 and model_ids.pop().startswith("student-osipo(")
 
 
-def _ray_available() -> bool:
-    try:
-        import ray  # noqa: F401
-        import ray.data  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
 
 @pytest.mark.slow  # local Ray start-up and two actors loading the student: about 30 s
-@pytest.mark.skipif(not _ray_available(), reason="ray[data] is not installed ('.[scale]')")
+@requires_ray
 def test_ray_data_inference_writes_the_same_chains_as_the_local_engine(trained, tmp_path):
     import tempfile
 

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from conftest import requires_ray
 from conftest_llm import LOGPROB_RTOL
 
 from scaletot_features.config import build_settings
@@ -286,17 +287,9 @@ def test_a_kill_between_the_cache_part_and_the_chain_part_loses_nothing(repeated
 # --------------------------------------------------------------------------- the Ray engine
 
 
-def _ray_available() -> bool:
-    try:
-        import ray  # noqa: F401
-        import ray.data  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
 
 @pytest.mark.slow  # local Ray start-up and two actors loading the teacher: about 40 s
-@pytest.mark.skipif(not _ray_available(), reason="ray[data] is not installed ('.[scale]')")
+@requires_ray
 def test_ray_engine_writes_the_chains_the_local_engine_writes(repeated_population, tmp_path,
                                                               tiny_backend):
     import tempfile
