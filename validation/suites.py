@@ -267,6 +267,48 @@ def label_suite(horizon_days: int, label_names: Sequence[str] | None = None) -> 
     return Suite(LABELS, exps, prepare)
 
 
+def file_label_suite(outcomes: Sequence[str], targets: Sequence[Any] = ()) -> Suite:
+    """Labels read from a labels file: one row per user, a label time each; an outcome may be
+    unknown (null) for a user, and where ``targets`` (``ltv.targets``) name one, its known values
+    keep to the rule of the target's kind (``ltv.targets.value_rule``)."""
+    import great_expectations.expectations as gxe
+
+    from scaletot_features.dataset import LABEL_TIMESTAMP
+    from scaletot_features.ltv.targets import value_rule
+
+    exps: list[Any] = [
+        gxe.ExpectColumnValuesToNotBeNull(column=ID_COLUMN,
+                                          meta=_meta("not_null", ID_COLUMN, "no nulls")),
+        gxe.ExpectColumnValuesToBeUnique(column=ID_COLUMN,
+                                         meta=_meta("unique", ID_COLUMN, "unique ids")),
+        gxe.ExpectColumnValuesToNotBeNull(column=LABEL_TIMESTAMP,
+                                          meta=_meta("not_null", LABEL_TIMESTAMP, "no nulls")),
+    ]
+    integers = []
+    for t in targets:
+        if t.name not in outcomes:
+            continue
+        rule = value_rule(t)
+        exps.append(gxe.ExpectColumnValuesToBeBetween(
+            column=t.name, min_value=rule.low, max_value=rule.high,
+            strict_min=not rule.low_inclusive, meta=_meta("range", t.name, rule.says)))
+        if rule.integer:
+            integers.append(t.name)
+            exps.append(gxe.ExpectColumnValuesToBeBetween(
+                column=_fraction_column(t.name), min_value=0, max_value=0,
+                meta=_meta("integer", t.name, "whole numbers")))
+
+    def prepare(df: pd.DataFrame) -> pd.DataFrame:
+        out = df.copy()
+        for name in integers:
+            if name in out.columns:
+                x = pd.to_numeric(out[name], errors="coerce").astype("float64")
+                out[_fraction_column(name)] = x - np.floor(x)
+        return out
+
+    return Suite(LABELS, exps, prepare)
+
+
 # --------------------------------------------------------------------------- coverage drift
 
 
