@@ -525,10 +525,14 @@ def _metrics(y: dict[str, np.ndarray], pred: Any, idx: np.ndarray, targets: list
              threshold: int) -> dict[str, dict[str, Any]]:
     """Per target: Gini, Spearman, decile MAPE, and the AUC its kind has (payer: value > 0 scored
     by p(value > 0); retained: count >= threshold scored by p(count >= threshold))."""
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for t in targets:
         p = pred[t.name]
         auc = AUC_OF_KIND.get(t.kind)
+        if not len(idx):  # an empty slice (no low-activity slice, or none of its users in test)
+            out[t.name] = {"n": 0, "positive_rate": float("nan"),
+                           **{k: float("nan") for k in METRICS if k != "auc" or auc}}
+            continue
         out[t.name] = summarize(
             y[t.name][idx], p.value[idx], with_auc=auc is not None,
             auc_threshold=retained_threshold(t, threshold) if auc == "retained" else None,
