@@ -59,7 +59,8 @@ def test_a_labels_file_becomes_the_labels_and_feast_serves_its_columns(tmp_path)
     assert any(isinstance(w.message, IngestWarning) and "note" in str(w.message) for w in caught)
     assert m["label_source"] == "file" and m["label_names"] == ["annual_income", "visits_12m"]
     assert m["events"] == 0 and m["ignored_columns"]["labels"] == ["note"]
-    assert m["labels"] == {"users": 2, "label_timestamp": "file",
+    assert m["labels"] == {"users": 2, "label_timestamp": "file (empty cells: event_timestamp "
+                                                          "+ 30 days)",
                            "unknown_values": {"annual_income": 0, "visits_12m": 0}}
     layout = DatasetLayout(out)
     assert not layout.events.exists()  # no events given: none written, none needed
@@ -89,15 +90,23 @@ def test_a_labels_file_becomes_the_labels_and_feast_serves_its_columns(tmp_path)
 
 def test_without_a_label_time_the_horizon_counts_from_the_profile(tmp_path):
     events = _write(tmp_path, "events.csv", "user_id,timestamp,value\n2,2026-01-06,3\n")
-    m = ingest(_write(tmp_path, "profiles.csv", PROFILES_CSV), events, tmp_path / "mine",
-               horizon_days=90, labels=_write(tmp_path, "labels.csv",
-                                              "user_id,annual_income\n2,18000\n1,\n"))
+    profiles = _write(tmp_path, "profiles.csv", PROFILES_CSV)
+    m = ingest(profiles, events, tmp_path / "mine", horizon_days=90,
+               labels=_write(tmp_path, "labels.csv", "user_id,annual_income\n2,18000\n1,\n"))
     assert m["label_names"] == ["annual_income"] and m["events"] == 1  # events kept beside
     assert m["labels"]["label_timestamp"] == "event_timestamp + 90 days"
     assert m["labels"]["unknown_values"] == {"annual_income": 1}  # an empty cell: unknown
     rows = {r["user_id"]: r for r in read_table(tmp_path / "mine" / "labels").to_pylist()}
     assert rows[2]["label_timestamp"] == datetime(2026, 1, 5, 12, tzinfo=UTC) + timedelta(days=90)
     assert rows[2]["annual_income"] == 18000.0 and rows[1]["annual_income"] is None
+    # an empty label_timestamp cell takes the same default; a filled one is kept
+    m = ingest(profiles, None, tmp_path / "again", horizon_days=90,
+               labels=_write(tmp_path, "labels2.csv", "user_id,label_timestamp,annual_income\n"
+                                                      "2,,18000\n1,2026-03-01,20000\n"))
+    assert m["labels"]["label_timestamp"] == "file (empty cells: event_timestamp + 90 days)"
+    rows = {r["user_id"]: r for r in read_table(tmp_path / "again" / "labels").to_pylist()}
+    assert rows[2]["label_timestamp"] == datetime(2026, 1, 5, 12, tzinfo=UTC) + timedelta(days=90)
+    assert rows[1]["label_timestamp"] == datetime(2026, 3, 1, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("labels, config, needles", [

@@ -320,7 +320,7 @@ def features_historical(
     entities: Path = typer.Option(..., "--entities", help="Parquet/CSV with user_id and a timestamp."),
     out: Optional[Path] = typer.Option(None, "--out", help="Parquet to write (atomic)."),
     service: Optional[str] = typer.Option(None, "--service", help="Feature service name."),
-    with_labels: bool = typer.Option(False, "--with-labels", help="Join lt30/revenue_30 too."),
+    with_labels: bool = typer.Option(False, "--with-labels", help="Join the label columns too."),
 ) -> None:
     """Point-in-time-correct features for an entity table, written to parquet."""
     from scaletot_features.store.retrieval import historical_features

@@ -29,7 +29,8 @@ Input rules (documented for users in docs/your-own-data.md):
 - output rows are sorted (profiles by user_id, events by user_id, timestamp, value), so the same
   input gives the same parts whatever its file order.
 - labels file: ``user_id`` (unique, each one in the profiles), an optional ``label_timestamp``
-  (default: the profile's ``event_timestamp`` + ``horizon_days``; never before the profile's), and
+  (absent or an empty cell: the profile's ``event_timestamp`` + ``horizon_days``; never before
+  the profile's), and
   outcome columns: the ``ltv.targets`` names when targets are given (other columns ignored,
   warned), else every other column. Outcomes are numbers (empty/NaN = unknown for that user),
   within their target kind's rule when one is given (``ltv.targets.ValueRule``); a column that
@@ -271,13 +272,15 @@ def _id_plan(src: _Source, col: str = ID_COLUMN) -> _Plan:
     return _Plan(ID_COLUMN, col, parsed, checks)
 
 
-def _time_plan(src: _Source, col: str, out: str, lo: str, hi: str) -> _Plan:
+def _time_plan(src: _Source, col: str, out: str, lo: str, hi: str,
+               required: bool = True) -> _Plan:
+    """A timestamp column; ``required`` False lets a cell be empty (null: a default applies)."""
     raw, t = _raw(src, col)
-    checks = [("timestamp is missing (null)", _blank(raw, t))]
+    checks = [("timestamp is missing (null)", _blank(raw, t))] if required else []
     if _is_time(t):
         parsed = f"CAST({raw} AS TIMESTAMPTZ)"
     elif _is_string(t):
-        parsed = f"TRY_CAST(trim({raw}) AS TIMESTAMPTZ)"
+        parsed = f"TRY_CAST(NULLIF(trim({raw}), '') AS TIMESTAMPTZ)"
         checks.append(("is not a parseable timestamp (use ISO-8601, e.g. 2026-01-31 or "
                        "2026-01-31T08:00:00Z)", f"NOT {_blank(raw, t)} AND {parsed} IS NULL"))
     else:
@@ -487,7 +490,7 @@ def _label_plans(lb: _Source, outcomes: list[str], targets: list[LTVTarget] | No
     """user_id, label_timestamp (when the file has it) and each outcome, with its kind's rule."""
     plans = [_id_plan(lb)]
     if LABEL_TIMESTAMP in lb.columns:
-        plans.append(_time_plan(lb, LABEL_TIMESTAMP, LABEL_TIMESTAMP, lo, hi))
+        plans.append(_time_plan(lb, LABEL_TIMESTAMP, LABEL_TIMESTAMP, lo, hi, required=False))
     by_name = {t.name: t for t in targets or ()}
     for c in outcomes:
         plan = _number_plan(lb, c, c, None)
@@ -767,14 +770,16 @@ def _ingest(con: duckdb.DuckDBPyConnection, scratch: Path, profiles: Path, event
                                           "label_names": list(label_names(horizon_days))}
         else:
             lw = _write_file_labels(con, layout, lb, l_plans, outcomes, horizon_days, chunk_size)
+            default_ts = f"{TIMESTAMP_COLUMN} + {horizon_days} days"
             parts["labels"] = lw.parts
             l_glob = _lit(str(layout.labels / "*.parquet"))
             unknown = con.sql(f"SELECT {', '.join(f'count(*) - count({_q(c)})' for c in outcomes)} "
                               f"FROM read_parquet({l_glob})").fetchall()[0]
             label_info = {"label_source": LABELS_FROM_FILE, "label_names": outcomes,
                           "labels": {"users": lw.rows,
-                                     "label_timestamp": "file" if LABEL_TIMESTAMP in lb.columns
-                                     else f"{TIMESTAMP_COLUMN} + {horizon_days} days",
+                                     "label_timestamp": (f"file (empty cells: {default_ts})"
+                                                         if LABEL_TIMESTAMP in lb.columns
+                                                         else default_ts),
                                      "unknown_values": {c: int(u) for c, u in zip(outcomes, unknown)}}}
 
         p_glob = _lit(str(layout.profiles / "*.parquet"))
