@@ -72,8 +72,15 @@ def test_a_labels_file_becomes_the_labels_and_feast_serves_its_columns(tmp_path)
         {"user_id": 3, "label_timestamp": datetime(2026, 6, 10, 8, tzinfo=UTC),
          "annual_income": 31000.5, "visits_12m": 0.0}]
 
+    # the gate passes it (its optional fields without a column are all missing, tags included)
+    from validation.gate import validate_dataset
+
+    settings = build_settings("tiny", {"ltv": {"targets": [t.model_dump() for t in TARGETS]}})
+    assert [(r.suite, r.success) for r in validate_dataset(out, settings)] == [
+        ("sparse_profile", True), ("labels", True)]
+
     # the Feast label view declares exactly the manifest's label columns, with their types
-    apply_repo(out, build_settings("tiny"))
+    apply_repo(out, settings)
     view = get_store(out).get_feature_view("ltv_labels")
     assert [(f.name, str(f.dtype)) for f in view.features] == [
         ("annual_income", "Float64"), ("visits_12m", "Float64")]

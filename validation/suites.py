@@ -93,7 +93,10 @@ def _present(series: pd.Series, kind: FieldKind) -> np.ndarray:
     if kind == FieldKind.text or kind == FieldKind.categorical:
         present &= (series.astype(object) != "").to_numpy()
     elif kind == FieldKind.tags:
-        lengths = pc.list_value_length(pa.array(series, from_pandas=True))
+        values = pa.array(series, from_pandas=True)
+        if pa.types.is_null(values.type):  # every value missing (an absent optional field)
+            return np.zeros(len(series), dtype=bool)
+        lengths = pc.list_value_length(values)
         present &= pc.fill_null(pc.greater(lengths, 0), False).to_numpy(zero_copy_only=False)
     return present
 
