@@ -16,7 +16,6 @@ No product path reads the latent truth; this is a measurement device, like the r
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -47,12 +46,14 @@ from trainers.evaluate import (  # noqa: E402
     aggregate,
     align,
     covered_users,
+    evaluation_targets,
     fit_block,
     low_activity_mask,
     one_hot_states,
     reasoning_matrix,
     reasoning_order,
     split_test,
+    target_labels,
     training_frame,
 )
 from scaletot_features.runtime import torch_threads  # noqa: E402
@@ -89,9 +90,8 @@ def main() -> None:
 
     frame = training_frame(data_dir, settings, console)
     ids = frame.column(ID_COLUMN).to_numpy()
-    active_name, revenue_name = json.loads(DatasetLayout(data_dir).manifest.read_text())["label_names"]
-    y = {"revenue": frame.column(revenue_name).to_numpy().astype(np.float64),
-         "active": frame.column(active_name).to_numpy().astype(np.float64)}
+    targets = evaluation_targets(data_dir, settings)
+    y = target_labels(frame, targets)
     profiles = frame.select([ID_COLUMN] + schema.names)
     covered = covered_users(data_dir)
     test = split_test(ids, covered, cfg.test_fraction, cfg.split_seed)
@@ -127,19 +127,20 @@ def main() -> None:
     test_p = test & ~np.isin(ids, order[:max(args.users)])
     runs: list = []
     with torch_threads(cfg.torch_threads):
-        runs += fit_block("main", sets, profiles, y, test_p, low, np.arange(len(ids)), settings,
-                          schema, [], lambda msg, done: done or console.print(f"  fit {msg}"))
+        runs += fit_block("main", sets, profiles, y, targets, test_p, low, np.arange(len(ids)),
+                          settings, schema, [],
+                          lambda msg, done: done or console.print(f"  fit {msg}"))
     summary = aggregate(runs)
     table = Table(title="LTV uplift over A with an encoder distilled from the TRUE states "
                         f"({int(test_p.sum()):,} test users, seeds {cfg.seeds})")
-    for h in ("feature set", "covered", "encoder typed agr. (held-out)", "Δ rev Gini",
-              "Δ rev Gini low-act.", "Δ lt30 Gini", "Δ lt30 Gini low-act."):
+    keys = [f"{s}.{t.name}.gini" for t in targets for s in ("all", "low_activity")]
+    for h in ["feature set", "covered", "encoder typed agr. (held-out)"] + [
+            f"Δ {k.split('.')[1]} Gini" + (" low-act." if k.startswith("low") else "") for k in keys]:
         table.add_column(h, justify="right" if h != "feature set" else "left")
     for r in summary:
         f = facts.get(r["set"], {})
         cells = []
-        for key in ("all.revenue.gini", "low_activity.revenue.gini", "all.active.gini",
-                    "low_activity.active.gini"):
+        for key in keys:
             cells.append("-" if r["set"] == "A" else
                          f"{r[key + '.uplift']:+.3f} ± {r[key + '.uplift_std']:.3f}")
         agr = f.get("encoder_typed_agreement_held_out")

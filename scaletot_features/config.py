@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from scaletot_features.profile import (
     DEFAULT_PROFILE_SCHEMA,
@@ -217,6 +224,29 @@ class LTVGBDTConfig(_Section):
 
 DEFAULT_LOW_ACTIVITY = "first_day_sessions = 0"
 
+TargetKind = Literal["ziln", "hurdle_count", "lognormal"]
+"""How an LTV target is modelled: ``ziln`` a zero-inflated heavy-tailed value (revenue),
+``hurdle_count`` a count in 0..max (active days), ``lognormal`` a plain positive value (income)."""
+
+
+class LTVTarget(_Section):
+    """One label column the LTV models predict, with the likelihood its kind says."""
+
+    name: str = Field(min_length=1, description="a label column of the dataset (manifest "
+                      "label_names)")
+    kind: TargetKind
+    max: int | None = Field(None, ge=1, description="hurdle_count only, and required for it: "
+                            "the largest possible count (the horizon, for active days)")
+
+    @model_validator(mode="after")
+    def _max_only_for_counts(self) -> "LTVTarget":
+        if self.kind == "hurdle_count" and self.max is None:
+            raise ValueError(f"target {self.name!r}: a hurdle_count target needs max (the "
+                             "largest possible count)")
+        if self.kind != "hurdle_count" and self.max is not None:
+            raise ValueError(f"target {self.name!r}: max is for hurdle_count targets only")
+        return self
+
 
 class LTVConfig(_Section):
     """LTV models and the comparison (DESIGN.md 4.10). Owned by trainers/ltv.py and
@@ -231,7 +261,13 @@ class LTVConfig(_Section):
                              description="model seeds; every feature set is fitted once per seed")
     test_fraction: float = Field(0.3, gt=0, lt=1)
     split_seed: int = 0
-    retained_threshold: int = Field(7, ge=1, description="retained = active days >= this")
+    targets: list[LTVTarget] | None = Field(
+        None, min_length=1,
+        description="what the LTV models predict, one entry per label column: {name, kind: "
+        "ziln | hurdle_count | lognormal, max (hurdle_count)}; null = the labels derived from "
+        "events: revenue_H as ziln, lt_H as hurdle_count with max H")
+    retained_threshold: int = Field(7, ge=1, description="retained = count >= this (a "
+                                    "hurdle_count target's AUC; capped at the target's max)")
     low_activity: str | None = Field(
         DEFAULT_LOW_ACTIVITY,
         description="SQL predicate over the profile columns that defines the low-activity slice; "
@@ -248,6 +284,15 @@ class LTVConfig(_Section):
                          "has DIR/latent (synthetic data only; not a method)")
     torch_threads: int | None = Field(1, ge=1, description="torch threads for the small LTV nets")
     gbdt: LTVGBDTConfig = Field(default_factory=LTVGBDTConfig)
+
+    @field_validator("targets")
+    @classmethod
+    def _distinct_targets(cls, targets: list[LTVTarget] | None) -> list[LTVTarget] | None:
+        names = [t.name for t in targets or ()]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"each label column once; repeated: {repeated}")
+        return targets
 
 
 class SqliteOnlineStoreConfig(_Section):

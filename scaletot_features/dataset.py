@@ -4,7 +4,7 @@ This is the one module that knows the layout; every stage, the validation suites
 definitions and the benchmarks ask it for a path or a schema instead of spelling one::
 
     DIR/
-      manifest.json             generate / ingest: profile schema, label names, counts
+      manifest.json             generate / ingest: profile schema, label names and source, counts
       profiles/ events/ labels/ latent/      part-*.parquet tables (latent: synthetic only)
       validation/<suite>.json   Great Expectations results
       teacher/                  coverage.parquet, chains/, failures/, coverage_drift.json,
@@ -520,10 +520,43 @@ def hash_order(user_ids: Iterable[int] | np.ndarray, seed: int = 0,
 
 # --------------------------------------------------------------------------- label columns
 
+LABEL_TIMESTAMP = "label_timestamp"
+"""When a user's label becomes known: the labels' Feast timestamp (point-in-time joins)."""
+FIRST_SEEN = "first_seen"
+"""Event-derived labels only: the user's first-seen time, where the horizon starts."""
+LABELS_FROM_EVENTS, LABELS_FROM_FILE = "events", "file"
+"""A manifest's ``label_source``: derived from the events (``lt{H}``, ``revenue_{H}``, the
+default) or read from a labels file (``ingest --labels``: the file's outcome columns)."""
+
 
 def label_names(horizon_days: int = 30) -> tuple[str, str]:
-    """The label columns at a horizon: active days ``lt{H}`` and revenue ``revenue_{H}``."""
+    """The label columns derived from events at a horizon: active days ``lt{H}`` and revenue
+    ``revenue_{H}``."""
     return f"lt{horizon_days}", f"revenue_{horizon_days}"
+
+
+def label_source(manifest: dict) -> str:
+    """Where a dataset's labels came from (manifests before labels files: the events)."""
+    return str(manifest.get("label_source", LABELS_FROM_EVENTS))
+
+
+# --------------------------------------------------------------------------- evaluation columns
+
+
+def prediction_column(target: str) -> str:
+    """``DIR/eval/predictions``: a target's point prediction (its expected value)."""
+    return f"{target}_pred"
+
+
+def truth_column(target: str) -> str:
+    """``DIR/eval/predictions``: a target's realised value."""
+    return f"{target}_true"
+
+
+def auc_score_column(target: str, auc: str) -> str:
+    """``DIR/eval/predictions``: the score a target's AUC reads (``payer``: p(value > 0);
+    ``retained``: p(count >= threshold))."""
+    return f"{target}_{auc}_score"
 
 
 # --------------------------------------------------------------------------- schemas
@@ -538,16 +571,24 @@ EVENTS_SCHEMA = pa.schema([
 
 
 def label_schema(horizon_days: int = 30) -> pa.Schema:
-    """``DIR/labels``: one row per user (see ``data/labels.py`` for the definitions)."""
+    """``DIR/labels`` derived from events: one row per user (definitions in ``data/labels.py``)."""
     active, revenue = label_names(horizon_days)
     ts = pa.timestamp("us", tz="UTC")
     return pa.schema([
         pa.field(ID_COLUMN, pa.int64(), nullable=False),
-        pa.field("first_seen", ts, nullable=False),
-        pa.field("label_timestamp", ts, nullable=False),
+        pa.field(FIRST_SEEN, ts, nullable=False),
+        pa.field(LABEL_TIMESTAMP, ts, nullable=False),
         pa.field(active, pa.int32(), nullable=False),
         pa.field(revenue, pa.float64(), nullable=False),
     ])
+
+
+def file_label_schema(outcomes: Iterable[str]) -> pa.Schema:
+    """``DIR/labels`` read from a labels file: user, label time, each outcome as float64 (null:
+    this user's outcome is unknown)."""
+    return pa.schema([pa.field(ID_COLUMN, pa.int64(), nullable=False),
+                      pa.field(LABEL_TIMESTAMP, pa.timestamp("us", tz="UTC"), nullable=False)]
+                     + [pa.field(name, pa.float64(), nullable=True) for name in outcomes])
 
 
 def latent_schema(taxonomy: Taxonomy) -> pa.Schema:

@@ -93,3 +93,37 @@ def test_the_fold_ridge_recovers_a_linear_signal(n: int) -> None:
     y = x @ np.array([1.0, -2.0, 0.5]) + 0.01 * rng.normal(size=n)
     pred = _oof_ridge(x, y)
     assert pred.shape == y.shape and np.corrcoef(pred, y)[0, 1] > 0.9
+
+
+def test_a_labels_file_outcome_is_audited_by_name_or_the_skip_says_what_to_name(
+        tiny_population, tmp_path) -> None:
+    """A labels-file dataset has no lt30 / revenue_30: the audit reads the outcome the taxonomy's
+    outcome_types names (its own label column), and with the default taxonomy it says so."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    from scaletot_features.data.ingest import ingest
+    from scaletot_features.taxonomy import DEFAULT_TAXONOMY
+
+    events_labels = read_table(tiny_population / "labels").slice(0, 300)
+    income = pa.table({"user_id": events_labels.column("user_id"),
+                       "annual_income": pa.compute.add(events_labels.column("revenue_30"), 1.0)})
+    pq.write_table(income, tmp_path / "labels.parquet")
+    data = tmp_path / "mine"
+    ingest(tiny_population / "profiles", None, data, labels=tmp_path / "labels.parquet")
+    chains = _chains(events_labels, _by_outcome)
+
+    skipped = teacher_audit(data, SETTINGS, chains)
+    assert not skipped["available"]
+    assert "outcome_types" in skipped["reason"] and "['annual_income']" in skipped["reason"]
+
+    own = DEFAULT_TAXONOMY.model_dump(mode="json")
+    own["outcome_types"] = {"annual_income": ["monetization_propensity", "spending_power"]}
+    (tmp_path / "taxonomy.yaml").write_text(yaml.safe_dump(own))
+    settings = build_settings("tiny", {"taxonomy_path": str(tmp_path / "taxonomy.yaml")})
+    report = teacher_audit(data, settings, chains)
+    assert report["available"] and report["users"] == 300
+    entry = report["outcomes"]["annual_income"]
+    assert entry["label_column"] == "annual_income"
+    # monetization_propensity's distribution was built from the revenue: it ranks the income
+    assert entry["states"]["monetization_propensity"]["spearman_expected"] > 0.5

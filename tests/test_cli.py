@@ -104,12 +104,14 @@ def test_evaluate_on_a_dataset_without_reasoning_and_a_bad_slice(population_copy
     # the boosted-tree baseline beside A: finite metrics, its fit seconds, and uplifts read
     # against whichever of A and A-gbdt has the better validation Gini
     gbdt = next(r for r in results["summary"] if r["set"] == "A-gbdt")
-    for key in ("all.revenue.gini", "all.revenue.auc", "all.active.gini", "all.active.auc",
-                "validation.revenue.gini", "validation.active.gini"):
+    for key in ("all.revenue_30.gini", "all.revenue_30.auc", "all.lt30.gini", "all.lt30.auc",
+                "validation.revenue_30.gini", "validation.lt30.gini"):
         assert math.isfinite(gbdt[key]), key
     assert 0 < gbdt["fit_seconds"] < 60
     rows = {r["set"]: r for r in results["summary"]}
-    for t in ("revenue", "active"):
+    assert [(t["name"], t["kind"], t["auc"]) for t in results["targets"]] == [
+        ("revenue_30", "ziln", "payer"), ("lt30", "hurdle_count", "retained")]
+    for t in ("revenue_30", "lt30"):
         best = max(("A", "A-gbdt"), key=lambda k: rows[k][f"validation.{t}.gini"])
         assert results["uplift_base"]["main"][t] == best
         assert rows["B"][f"all.{t}.gini.uplift"] == pytest.approx(

@@ -32,6 +32,13 @@ def test_yaml_overrides_a_preset(tmp_path):
     ("- a list", "expected a mapping"),
     ("generate: {users: [", "not valid YAML"),
     ("data: {profile_fields: [{name: x, kind: categorical, label: x}]}", "domain"),
+    ("ltv: {targets: [{name: visits, kind: hurdle_count}]}", r"ltv.targets.0: .*needs max"),
+    ("ltv: {targets: [{name: income, kind: lognormal, max: 3}]}",
+     r"ltv.targets.0: .*max is for hurdle_count"),
+    ("ltv: {targets: [{name: income, kind: gaussian}]}", r"ltv.targets.0.kind"),
+    ("ltv: {targets: [{name: a, kind: ziln}, {name: a, kind: lognormal}]}",
+     r"ltv.targets: .*repeated: \['a'\]"),
+    ("ltv: {targets: []}", "ltv.targets"),
 ])
 def test_bad_config_names_the_key(tmp_path, body, needle):
     p = tmp_path / "c.yaml"

@@ -173,6 +173,9 @@ def test_summarize_combines_the_metrics():
     assert s["deciles_zero_actual"] == 3  # the three zero-revenue rows rank lowest, one per bucket
     retained = summarize(Y, pred, auc_threshold=3.0, auc_scores=-pred)
     assert retained["positive_rate"] == pytest.approx(3 / 8) and retained["auc"] == 0.0
+    # a positive value (a lognormal target) has no class to separate: no AUC at all
+    plain = summarize(Y + 1.0, pred, with_auc=False)
+    assert "auc" not in plain and plain["gini"] == pytest.approx(normalized_gini(Y + 1.0, pred))
 
 
 @pytest.mark.parametrize("fn", [normalized_gini, spearman, auc, decile_mape, summarize, gain_curve])

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from scaletot_features.config import LTVTarget
 from scaletot_features.data.io import read_table
 from scaletot_features.encoder.featurizer import Featurizer
 from scaletot_features.ltv.metrics import normalized_gini
@@ -28,6 +29,13 @@ from trainers.ltv import LTVModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+TARGETS = [LTVTarget(name="revenue_30", kind="ziln"),
+           LTVTarget(name="lt30", kind="hurdle_count", max=30)]
+
+
+def _labels(rev: np.ndarray, act: np.ndarray) -> dict[str, np.ndarray]:
+    return {"revenue_30": rev, "lt30": act}
+
 
 @pytest.fixture(scope="module")
 def frame(tiny_population):
@@ -42,8 +50,9 @@ def _fit(frame, seed=0, dense=None, epochs=8):
     n = profiles.num_rows
     train = np.arange(n) % 4 != 0
     idx = np.flatnonzero(train)
-    model = LTVModel(DEFAULT_PROFILE_SCHEMA, epochs=epochs, seed=seed, batch_size=256)
-    fitted = model.fit(profiles.take(pa.array(idx)), rev[idx], act[idx],
+    model = LTVModel(DEFAULT_PROFILE_SCHEMA, targets=TARGETS, epochs=epochs, seed=seed,
+                     batch_size=256)
+    fitted = model.fit(profiles.take(pa.array(idx)), _labels(rev[idx], act[idx]),
                        None if dense is None else dense[idx])
     test = np.flatnonzero(~train)
     return fitted, model.predict(profiles.take(pa.array(test)),
@@ -53,21 +62,40 @@ def _fit(frame, seed=0, dense=None, epochs=8):
 def test_fit_returns_self_and_predictions_are_in_range(frame):
     model, pred, test = _fit(frame)
     assert isinstance(model, LTVModel) and model.best_epoch_ >= 1 and model.history_
-    assert np.all(pred.revenue >= 0) and np.all((pred.payer_prob >= 0) & (pred.payer_prob <= 1))
-    assert np.all((pred.active >= 0) & (pred.active <= 30))
-    assert np.all((pred.retained_prob >= 0) & (pred.retained_prob <= 1))
+    assert set(model.history_[0]) == {"epoch", "revenue_30_loss", "lt30_loss"}
+    revenue, active = pred["revenue_30"], pred["lt30"]
+    assert np.all(revenue.value >= 0) and np.all((revenue.score >= 0) & (revenue.score <= 1))
+    assert np.all((active.value >= 0) & (active.value <= 30))
+    assert np.all((active.score >= 0) & (active.score <= 1))
     # the profile carries signal (first-day sessions, channel): the model ranks better than chance
     _, rev, act = frame
-    assert normalized_gini(act[test], pred.active) > 0.3
-    assert normalized_gini(rev[test], pred.revenue) > 0.1
+    assert normalized_gini(act[test], active.value) > 0.3
+    assert normalized_gini(rev[test], revenue.value) > 0.1
 
 
 def test_same_seed_same_model_and_another_seed_differs(frame):
     _, a, _ = _fit(frame, seed=3, epochs=3)
     _, b, _ = _fit(frame, seed=3, epochs=3)
     _, c, _ = _fit(frame, seed=4, epochs=3)
-    np.testing.assert_array_equal(a.revenue, b.revenue)
-    assert not np.allclose(a.revenue, c.revenue)
+    np.testing.assert_array_equal(a["revenue_30"].value, b["revenue_30"].value)
+    assert not np.allclose(a["revenue_30"].value, c["revenue_30"].value)
+
+
+def test_a_lognormal_target_gets_a_two_logit_head_and_no_auc_score(frame):
+    # income-like: a positive value the profile explains (first-day sessions), tiny fit
+    profiles, _, _ = frame
+    sessions = np.nan_to_num(profiles.column("first_day_sessions").to_numpy(zero_copy_only=False))
+    rng = np.random.default_rng(0)
+    income = np.exp(10.0 + 0.3 * np.minimum(sessions, 5) + 0.3 * rng.normal(size=len(sessions)))
+    target = LTVTarget(name="annual_income", kind="lognormal")
+    model = LTVModel(DEFAULT_PROFILE_SCHEMA, targets=[target], epochs=6, batch_size=256,
+                     learning_rate=1e-2).fit(profiles, {"annual_income": income})
+    assert [h.out_features for h in model.net_.heads] == [2]
+    pred = model.predict(profiles)["annual_income"]
+    assert pred.score is None and np.isfinite(pred.value).all() and (pred.value > 0).all()
+    assert normalized_gini(income, pred.value) > 0.2
+    with pytest.raises(ValueError, match="annual_income"):
+        model.fit(profiles, {"annual_income": np.zeros(len(income))})
 
 
 def test_dense_features_are_used_and_checked(frame):
@@ -75,8 +103,9 @@ def test_dense_features_are_used_and_checked(frame):
     # a dense column that IS the outcome: the model must exploit it
     leak = np.stack([np.log1p(rev), act.astype(float)], axis=1)
     _, pred, test = _fit(frame, dense=leak)
-    assert normalized_gini(act[test], pred.active) > 0.9
-    model = LTVModel(DEFAULT_PROFILE_SCHEMA, epochs=1).fit(profiles, rev, act, leak)
+    assert normalized_gini(act[test], pred["lt30"].value) > 0.9
+    model = LTVModel(DEFAULT_PROFILE_SCHEMA, targets=TARGETS, epochs=1).fit(
+        profiles, _labels(rev, act), leak)
     with pytest.raises(ValueError, match="shape"):
         model.predict(profiles, leak[:, :1])
     # standardised dense inputs are clipped to +-5: one extreme user cannot blow up the ZILN mean
@@ -84,13 +113,13 @@ def test_dense_features_are_used_and_checked(frame):
     far[0] = 1e6
     z = model._dense(far, len(far))
     assert float(z.abs().max()) == pytest.approx(5.0)
-    assert np.isfinite(model.predict(profiles, far).revenue).all()
+    assert np.isfinite(model.predict(profiles, far)["revenue_30"].value).all()
     bad = leak.copy()
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         model.predict(profiles, bad)
     with pytest.raises(ValueError, match="one value per profile row"):
-        LTVModel(DEFAULT_PROFILE_SCHEMA).fit(profiles, rev[:-1], act)
+        LTVModel(DEFAULT_PROFILE_SCHEMA, targets=TARGETS).fit(profiles, _labels(rev[:-1], act))
 
 
 def test_features_take_equals_transforming_the_rows(frame):

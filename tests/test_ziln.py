@@ -12,6 +12,8 @@ from scaletot_features.ltv.ziln import (
     count_pmf,
     count_predict,
     count_tail_prob,
+    lognormal_loss,
+    lognormal_predict,
     positive_prob,
     ziln_loss,
     ziln_predict,
@@ -136,6 +138,58 @@ def test_linear_model_with_ziln_recovers_p_and_mu():
     assert np.abs(p_hat - 1 / (1 + np.exp(-true_logit))).mean() < 0.03
     with torch.no_grad():
         assert ziln_predict(out).mean().item() == pytest.approx(y.mean(), rel=0.1)
+
+
+# ---------- lognormal for a plain positive value (income) ----------
+
+def test_lognormal_loss_and_predict_match_hand_computation_on_tiny_inputs():
+    logits = [[1.0, 0.3], [0.2, -0.5], [-0.3, -40.0]]  # the last sigma hits the floor
+    labels = [2.5, 0.7, 1.0]
+    per = lognormal_loss(torch.tensor(logits, dtype=torch.float64),
+                         torch.tensor(labels, dtype=torch.float64), reduction="none")
+    by_hand = []
+    for (mu, raw), y in zip(logits, labels):
+        s = max(_softplus(raw), math.sqrt(1e-7))
+        by_hand.append(math.log(y) + math.log(s) + 0.5 * math.log(2 * math.pi)
+                       + (math.log(y) - mu) ** 2 / (2 * s * s))
+    np.testing.assert_allclose(per.numpy(), by_hand, rtol=1e-12)
+    # it is the ZILN's positive part: ZILN = -log sigmoid(gate) + lognormal on a positive label
+    gate = torch.full((3, 1), 0.4, dtype=torch.float64)
+    ziln = ziln_loss(torch.cat([gate, torch.tensor(logits, dtype=torch.float64)], dim=1),
+                     torch.tensor(labels, dtype=torch.float64), reduction="none")
+    np.testing.assert_allclose(ziln.numpy(), per.numpy() + _softplus(-0.4), rtol=1e-12)
+    mean = lognormal_predict(torch.tensor(logits, dtype=torch.float64))
+    expected = [math.exp(mu + 0.5 * max(_softplus(raw), SCALE_FLOOR) ** 2) for mu, raw in logits]
+    np.testing.assert_allclose(mean.numpy(), expected, rtol=1e-12)
+
+
+def test_lognormal_refuses_what_it_cannot_model():
+    with pytest.raises(ValueError, match="positive"):
+        lognormal_loss(torch.zeros(2, 2), torch.tensor([1.0, 0.0]))
+    with pytest.raises(ValueError, match="last dimension of 2"):
+        lognormal_loss(torch.zeros(2, 3), torch.tensor([1.0, 2.0]))
+
+
+def test_linear_model_with_lognormal_recovers_mu_and_sigma():
+    rng = np.random.default_rng(1)
+    n = 2000
+    x = rng.normal(size=(n, 1))
+    y = np.exp(2.0 + 0.5 * x[:, 0] + 0.4 * rng.normal(size=n))
+    torch.manual_seed(0)
+    model = torch.nn.Linear(1, 2).double()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    with torch_threads(1):
+        for _ in range(600):
+            opt.zero_grad()
+            lognormal_loss(model(xt), yt).backward()
+            opt.step()
+    w, b = model.weight.detach().numpy(), model.bias.detach().numpy()
+    np.testing.assert_allclose([w[0, 0], b[0]], [0.5, 2.0], atol=0.05)
+    with torch.no_grad():
+        out = model(xt)
+    assert torch.nn.functional.softplus(out[:, 1]).mean().item() == pytest.approx(0.4, abs=0.03)
+    assert lognormal_predict(out).mean().item() == pytest.approx(y.mean(), rel=0.05)
 
 
 # ---------- hurdle beta-binomial for the active-day count ----------

@@ -2,7 +2,9 @@
 coverage and training?
 
 On the covered users that have labels, for every outcome-bearing state type (the taxonomy's
-``outcome_types``), how well the teacher's state ranks the realised outcome:
+``outcome_types``, keyed by label column: ``revenue_30``, or a labels file's own ``annual_income``;
+an event-derived key also matches its kind at the dataset's horizon), how well the teacher's state
+ranks the realised outcome:
 
 - ``spearman_expected``: Spearman of the expected value index sum_i i * p_i (the taxonomy lists
   ordered types low to high) with the outcome;
@@ -22,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scaletot_features.config import Settings
-from scaletot_features.data.io import read_table, write_json_atomic
+from scaletot_features.data.io import read_json, read_table, write_json_atomic
 from scaletot_features.dataset import DatasetLayout, probs_column
 from scaletot_features.data.labels import label_names
 from scaletot_features.ltv.metrics import spearman
@@ -142,7 +144,12 @@ def teacher_audit(data_dir: Path, settings: Settings, chains: pa.Table) -> dict:
         report["outcomes"][outcome] = entry
     report["available"] = any("reason" not in e for e in report["outcomes"].values())
     if not report["available"]:
-        report["reason"] = "no label column matches the taxonomy's outcome_types"
+        names = list(read_json(layout.manifest).get("label_names") or ()) \
+            if layout.manifest.exists() else []
+        report["reason"] = (f"no label column matches the taxonomy's outcome_types "
+                            f"{sorted(taxonomy.outcome_types)}; this dataset's labels are {names}: "
+                            "name a label column in outcome_types (your taxonomy, taxonomy_path) "
+                            "to audit the states against it")
     write_json_atomic(report, audit_path(data_dir))
     return report
 

@@ -10,6 +10,9 @@ Read top to bottom:
    student saw in training (the covered users: OSIPO rewards them on their realised outcomes)
    always go to train, so no reasoning feature of a test user was fitted on that user's label.
    The low-activity slice is ``ltv.low_activity``, a SQL predicate over the profile columns.
+   The targets are ``ltv.targets`` (null: revenue_H as ZILN, lt_H as a hurdle count), checked
+   against the dataset's labels before any work; every model, metric and report column follows
+   them (:mod:`scaletot_features.ltv.targets`).
 3. **Feature sets**, each the same :class:`trainers.ltv.LTVModel` fitted once per seed:
    (A) profile only, and beside it (A-gbdt) boosted trees on the same profile fields
    (:class:`trainers.ltv_gbdt.GBDTLTVModel`, the practitioner's tabular baseline); (B) A + the
@@ -34,10 +37,10 @@ Everything lands in ``DIR/eval`` (results.json, predictions.parquet, report.md, 
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import reduce
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,7 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from rich.console import Console
 
-from scaletot_features.config import DEFAULT_LOW_ACTIVITY, Settings
+from scaletot_features.config import DEFAULT_LOW_ACTIVITY, LTVTarget, Settings
 from scaletot_features.data.io import (
     atomic_dir,
     is_current,
@@ -59,23 +62,34 @@ from scaletot_features.data.io import (
 from scaletot_features.dataset import (
     DatasetLayout,
     ReasoningChunk,
+    LABEL_TIMESTAMP,
     STUDENT_MODELS,
+    auc_score_column,
     hash_mask,
     hash_order,
+    prediction_column,
     probs_column,
     run_summary_path,
     student_manifest,
+    truth_column,
 )
 from scaletot_features.encoder.embed import data_profile_schema, encoder_dir, features_dir
 from scaletot_features.ltv.metrics import summarize
+from scaletot_features.ltv.targets import (
+    AUC_OF_KIND,
+    TargetsError,
+    dataset_targets,
+    retained_threshold,
+    value_problem,
+)
 from scaletot_features.profile import ID_COLUMN, FieldKind, ProfileSchema
 from scaletot_features.taxonomy import Taxonomy
 from trainers.ltv import LTVModel
 from trainers.ltv_gbdt import GBDTLTVModel
 
 SLICES = ("all", "low_activity")
-TARGETS = ("revenue", "active")
 PROFILE_ONLY = ("A", "A-gbdt")  # the rows uplifts are read against (the best one, per target)
+METRICS = ("gini", "spearman", "auc", "decile_mape")  # per target and slice ("auc": if its kind has one)
 
 
 class EvaluationError(ValueError):
@@ -101,7 +115,7 @@ def training_frame(data_dir: Path, settings: Settings, console: Console) -> pa.T
         if not registry.exists():
             apply_repo(data_dir, settings)
         service = "ltv_with_reasoning" if has_reasoning(data_dir) else "ltv_profile_only"
-        labels = read_table(layout.labels, columns=[ID_COLUMN, "label_timestamp"])
+        labels = read_table(layout.labels, columns=[ID_COLUMN, LABEL_TIMESTAMP])
         entities = labels.rename_columns([ID_COLUMN, "event_timestamp"]).to_pandas()
         t0 = time.perf_counter()
         historical_features(data_dir, entities, service, out, with_labels=True)
@@ -165,6 +179,25 @@ def low_activity_predicate(schema: ProfileSchema, predicate: str | None,
             return None
         raise
     return predicate
+
+
+def evaluation_targets(data_dir: Path, settings: Settings) -> list[LTVTarget]:
+    """``ltv.targets`` checked against the dataset's labels (or their defaults), before any work."""
+    try:
+        return dataset_targets(read_json(DatasetLayout(data_dir).manifest), settings.ltv.targets)
+    except TargetsError as e:
+        raise EvaluationError(str(e)) from e
+
+
+def target_labels(frame: pa.Table, targets: list[LTVTarget]) -> dict[str, np.ndarray]:
+    """Each target's labels from the frame (users with every label known), refused naming the
+    target when its kind cannot model them (a negative revenue, a count above max, ...)."""
+    y = {t.name: frame.column(t.name).to_numpy().astype(np.float64) for t in targets}
+    for t in targets:
+        problem = value_problem(t, y[t.name])
+        if problem:
+            raise EvaluationError(f"ltv.targets: {problem}")
+    return y
 
 
 def covered_users(data_dir: Path) -> np.ndarray:
@@ -480,19 +513,30 @@ def reasoning_sets(data_dir: Path, settings: Settings, frame: pa.Table, ids: np.
 # --------------------------------------------------------------------------- fitting
 
 
-def _metrics(y: dict[str, np.ndarray], pred: Any, idx: np.ndarray, threshold: int) -> dict:
-    return {"revenue": summarize(y["revenue"][idx], pred.revenue[idx],
-                                 auc_scores=pred.payer_prob[idx]),
-            "active": summarize(y["active"][idx], pred.active[idx], auc_threshold=threshold,
-                                auc_scores=pred.retained_prob[idx])}
+def _metrics(y: dict[str, np.ndarray], pred: Any, idx: np.ndarray, targets: list[LTVTarget],
+             threshold: int) -> dict[str, dict[str, Any]]:
+    """Per target: Gini, Spearman, decile MAPE, and the AUC its kind has (payer: value > 0 scored
+    by p(value > 0); retained: count >= threshold scored by p(count >= threshold))."""
+    out: dict[str, dict[str, Any]] = {}
+    for t in targets:
+        p = pred[t.name]
+        auc = AUC_OF_KIND.get(t.kind)
+        if not len(idx):  # an empty slice (no low-activity slice, or none of its users in test)
+            out[t.name] = {"n": 0, "positive_rate": float("nan"),
+                           **{k: float("nan") for k in METRICS if k != "auc" or auc}}
+            continue
+        out[t.name] = summarize(
+            y[t.name][idx], p.value[idx], with_auc=auc is not None,
+            auc_threshold=retained_threshold(t, threshold) if auc == "retained" else None,
+            auc_scores=p.score[idx] if p.score is not None else None)
+    return out
 
 
-def ltv_model(kind: str, settings: Settings, schema: ProfileSchema,
-              seed: int) -> LTVModel | GBDTLTVModel:
+def ltv_model(kind: str, settings: Settings, schema: ProfileSchema, seed: int,
+              targets: list[LTVTarget]) -> LTVModel | GBDTLTVModel:
     """The LTV model of a feature set (``FeatureSet.model``), configured from ``settings.ltv``."""
     cfg = settings.ltv
-    common = {"horizon_days": settings.data.horizon_days,
-              "retained_threshold": cfg.retained_threshold, "seed": seed}
+    common = {"targets": targets, "retained_threshold": cfg.retained_threshold, "seed": seed}
     if kind == "gbdt":
         g = cfg.gbdt
         return GBDTLTVModel(schema, max_iter=g.max_iter, learning_rate=g.learning_rate,
@@ -504,9 +548,25 @@ def ltv_model(kind: str, settings: Settings, schema: ProfileSchema,
                     batch_size=cfg.batch_size, hidden=cfg.hidden, patience=cfg.patience, **common)
 
 
+def prediction_table(block: str, key: str, seed: int, user_ids: pa.Array,
+                     y: dict[str, np.ndarray], pred: Any, targets: list[LTVTarget],
+                     low: np.ndarray) -> pa.Table:
+    """One fit's test predictions: per target its prediction, its truth and its AUC's score."""
+    n = len(user_ids)
+    cols: dict[str, Any] = {"block": [block] * n, "set": [key] * n,
+                            "seed": pa.array([seed] * n, pa.int32()), ID_COLUMN: user_ids}
+    for t in targets:
+        cols[prediction_column(t.name)] = pred[t.name].value
+        cols[truth_column(t.name)] = y[t.name]
+        if pred[t.name].score is not None:
+            cols[auc_score_column(t.name, AUC_OF_KIND[t.kind])] = pred[t.name].score
+    cols["low_activity"] = low
+    return pa.table(cols)
+
+
 def fit_block(block: str, sets: list[FeatureSet], profiles: pa.Table, y: dict[str, np.ndarray],
-              test: np.ndarray, low: np.ndarray, rows: np.ndarray, settings: Settings,
-              schema: ProfileSchema, predictions: list[pa.Table],
+              targets: list[LTVTarget], test: np.ndarray, low: np.ndarray, rows: np.ndarray,
+              settings: Settings, schema: ProfileSchema, predictions: list[pa.Table],
               tick: Callable[[str, int], None]) -> list[dict[str, Any]]:
     """Fit every set once per seed on ``rows``' train users; score its test users per slice.
 
@@ -522,13 +582,13 @@ def fit_block(block: str, sets: list[FeatureSet], profiles: pa.Table, y: dict[st
     for fs in sets:
         for seed in cfg.seeds:
             tick(f"{block}: {fs.label}, seed {seed}", 0)
-            model = ltv_model(fs.model, settings, schema, seed)
+            model = ltv_model(fs.model, settings, schema, seed, targets)
             dense = (lambda r: None) if fs.dense is None else (lambda r: fs.dense[r])
             with threadpool_limits(cfg.gbdt.threads, user_api="openmp") \
                     if fs.model == "gbdt" and cfg.gbdt.threads else nullcontext():
                 t0 = time.perf_counter()
-                model.fit(profiles.take(pa.array(train_rows)), y["revenue"][train_rows],
-                          y["active"][train_rows], dense(train_rows))
+                model.fit(profiles.take(pa.array(train_rows)),
+                          {k: v[train_rows] for k, v in y.items()}, dense(train_rows))
                 fit_seconds = time.perf_counter() - t0
                 pred = model.predict(profiles.take(pa.array(test_rows)), dense(test_rows))
                 val_rows = train_rows[model.validation_index_]
@@ -540,19 +600,15 @@ def fit_block(block: str, sets: list[FeatureSet], profiles: pa.Table, y: dict[st
                         "train_users": int(len(train_rows)), "model": model.summary(),
                         "fit_seconds": round(fit_seconds, 3),
                         "metrics": {s: _metrics({k: v[test_rows] for k, v in y.items()}, pred,
-                                                i, cfg.retained_threshold)
+                                                i, targets, cfg.retained_threshold)
                                     for s, i in slices.items()}})
             if val_pred is not None:
                 out[-1]["validation"] = _metrics({k: v[val_rows] for k, v in y.items()}, val_pred,
-                                                 np.arange(len(val_rows)), cfg.retained_threshold)
-            predictions.append(pa.table({
-                "block": [block] * len(test_rows), "set": [fs.key] * len(test_rows),
-                "seed": pa.array([seed] * len(test_rows), pa.int32()),
-                ID_COLUMN: profiles.column(ID_COLUMN).take(pa.array(test_rows)),
-                "revenue_pred": pred.revenue, "payer_prob": pred.payer_prob,
-                "active_pred": pred.active, "retained_prob": pred.retained_prob,
-                "revenue_true": y["revenue"][test_rows], "active_true": y["active"][test_rows],
-                "low_activity": low[test_rows]}))
+                                                 np.arange(len(val_rows)), targets,
+                                                 cfg.retained_threshold)
+            predictions.append(prediction_table(
+                block, fs.key, seed, profiles.column(ID_COLUMN).take(pa.array(test_rows)),
+                {k: v[test_rows] for k, v in y.items()}, pred, targets, low[test_rows]))
             tick(f"{block}: {fs.label}, seed {seed}", 1)
     return out
 
@@ -576,11 +632,16 @@ def best_profile_only(runs: list[dict[str, Any]], target: str) -> str | None:
     return "A" if "A" in scores else None
 
 
+def run_targets(runs: list[dict[str, Any]]) -> list[str]:
+    """The target names the runs were scored on, in order (every run has the same)."""
+    return list(runs[0]["metrics"]["all"]) if runs else []
+
+
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and standard deviation over seeds, and the paired uplift over the best profile-only
     row (:func:`best_profile_only`, per target), per block/set. Every row carries
     ``uplift_base`` (target -> set) and its own mean validation Gini (``validation.T.gini``)."""
-    keys = ("gini", "spearman", "auc", "decile_mape")
+    targets = run_targets(runs)
     by: dict[tuple[str, str], list[dict]] = {}
     for r in runs:
         by.setdefault((r["block"], r["set"]), []).append(r)
@@ -590,7 +651,7 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         own = any((block, k) in by for k in PROFILE_ONLY)
         source = block if own else "main"
         pool = [r for (b, _), rs in by.items() if b == source for r in rs]
-        bases[block] = (source, {t: best_profile_only(pool, t) for t in TARGETS})
+        bases[block] = (source, {t: best_profile_only(pool, t) for t in targets})
     out = []
     for (block, key), rs in by.items():
         source, chosen = bases[block]
@@ -599,15 +660,15 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                "profile_only": key in PROFILE_ONLY, "uplift_base": chosen}
         if all("fit_seconds" in r for r in rs):
             row["fit_seconds"] = float(np.mean([r["fit_seconds"] for r in rs]))
-        for t in TARGETS:
+        for t in targets:
             row[f"validation.{t}.gini"] = validation_score(rs, t)
         for s in SLICES:
-            for t in TARGETS:
+            for t in targets:
                 # paired by seed with the chosen profile-only row
                 base = {r["seed"]: r for r in by.get((source, chosen[t] or ""), [])}
                 row[f"{s}.{t}.n"] = rs[0]["metrics"][s][t]["n"]
                 row[f"{s}.{t}.positive_rate"] = rs[0]["metrics"][s][t]["positive_rate"]
-                for k in keys:
+                for k in (k for k in METRICS if k in rs[0]["metrics"][s][t]):
                     v = np.array([r["metrics"][s][t][k] for r in rs], dtype=float)
                     row[f"{s}.{t}.{k}"] = float(np.mean(v))
                     row[f"{s}.{t}.{k}.std"] = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
@@ -642,17 +703,19 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
     schema = data_profile_schema(data_dir, settings)
     taxonomy = settings.taxonomy()
     low_predicate = low_activity_predicate(schema, cfg.low_activity, console)  # before any work
+    targets = evaluation_targets(data_dir, settings)  # before any work too
+    console.print("  targets: " + ", ".join(f"{t.name} ({t.kind}"
+                                            + (f", max {t.max})" if t.max else ")")
+                                            for t in targets))
 
     frame = training_frame(data_dir, settings, console)
-    active_name, revenue_name = json.loads(layout.manifest.read_text())["label_names"]
-    known = pc.and_(pc.is_valid(frame.column(active_name)), pc.is_valid(frame.column(revenue_name)))
+    known = reduce(pc.and_, [pc.is_valid(frame.column(t.name)) for t in targets])
     dropped = frame.num_rows - (pc.sum(known).as_py() or 0)
     frame = frame.filter(known)
     if frame.num_rows < 50:
         raise EvaluationError(f"only {frame.num_rows} labelled users in {data_dir}: too few")
     ids = frame.column(ID_COLUMN).to_numpy()
-    y = {"revenue": frame.column(revenue_name).to_numpy().astype(np.float64),
-         "active": frame.column(active_name).to_numpy().astype(np.float64)}
+    y = target_labels(frame, targets)
     service_fields = read_json(layout.eval.frame_info)["profile_only_features"]
     if sorted(service_fields) != sorted(schema.names):
         raise EvaluationError(f"the ltv_profile_only service serves {sorted(service_fields)}, "
@@ -707,8 +770,8 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
             TextColumn("{task.fields[msg]}"), console=console, disable=not progress) as bar:
         task = bar.add_task("fit", total=total, msg="")
         for block, block_sets, rows in blocks:
-            runs += fit_block(block, block_sets, profiles, y, test, low, rows, settings, schema,
-                              predictions,
+            runs += fit_block(block, block_sets, profiles, y, targets, test, low, rows, settings,
+                              schema, predictions,
                               lambda msg, done: bar.update(task, advance=done, msg=msg))
     summary = aggregate(runs)
     costs = {s.key: s.cost for _, bs, _ in blocks for s in bs}
@@ -718,6 +781,9 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
         "low_activity": {"predicate": low_predicate, "users": int(low.sum()),
                          "test_users": int((low & test).sum())},
         "covered_users": int(len(covered)), "seeds": cfg.seeds,
+        "targets": [{**t.model_dump(mode="json"), "auc": AUC_OF_KIND.get(t.kind),
+                     "retained_threshold": retained_threshold(t, cfg.retained_threshold)
+                     if t.kind == "hurdle_count" else None} for t in targets],
         "split": {"test_fraction": cfg.test_fraction, "seed": cfg.split_seed,
                   "covered_users_forced_to_train": True},
         "upper_bound_users": int(len(upper_rows)) if reasoning is not None else 0,

@@ -1,12 +1,17 @@
-"""The LTV model (DESIGN.md 4.10): profile fields (+ optional dense features) -> two likelihood heads.
+"""The LTV model (DESIGN.md 4.10): profile fields (+ optional dense features) -> one likelihood
+head per target (``ltv.targets``).
 
-One network, two heads on a shared trunk, because both targets are read from the same sparse
-profile and a second trunk would double the cost of every comparison:
+One network, one head per target on a shared trunk, because every target is read from the same
+sparse profile and a trunk per target would multiply the cost of every comparison. The head is the
+one the target's kind says (:class:`TargetHead`, likelihoods in ``scaletot_features/ltv/ziln.py``):
 
-- ``revenue`` (``revenue_30``): zero-inflated lognormal, :func:`scaletot_features.ltv.ziln.ziln_loss`
-  (google/lifetime_value's loss); the point prediction is the ZILN mean and p(payer) its gate.
-- ``active`` (``lt30``): hurdle beta-binomial over 0..horizon active days,
-  :func:`scaletot_features.ltv.ziln.count_loss` (why not ZILN on a bounded count: see ziln.py).
+- ``ziln`` (``revenue_30``): zero-inflated lognormal (google/lifetime_value's loss); the point
+  prediction is the ZILN mean, the payer AUC's score p(value > 0) its gate.
+- ``hurdle_count`` (``lt30``): hurdle beta-binomial over 0..max (why not ZILN on a bounded count:
+  see ziln.py); the retained AUC's score is p(count >= the retained threshold).
+- ``lognormal`` (``annual_income``): a lognormal on a value that is always positive; no AUC.
+
+The loss is the sum of the heads' losses; early stopping watches that sum.
 
 The profile is read exactly as the encoder reads it (:class:`FieldInputs` over a
 :class:`Featurizer` fitted on the training users: categorical embeddings, standardised numbers with
@@ -21,6 +26,7 @@ in ``_``. Early stopping on a seeded validation slice of the training users keep
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +35,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from scaletot_features.config import LTVTarget
 from scaletot_features.dataset import hash_mask
 from scaletot_features.encoder.featurizer import NUMERIC_CLIP, Features, Featurizer
 from scaletot_features.encoder.model import FieldInputs, NetworkShape
@@ -36,20 +43,84 @@ from scaletot_features.ltv.ziln import (
     count_loss,
     count_predict,
     count_tail_prob,
+    lognormal_loss,
+    lognormal_predict,
     positive_prob,
     ziln_loss,
     ziln_predict,
 )
+from scaletot_features.ltv.targets import retained_threshold, value_problem
 from scaletot_features.profile import ID_COLUMN, ProfileSchema
 from trainers.early_stopping import EarlyStopping
 
-__all__ = ["LTVModel", "LTVNet", "LTVPredictions", "checked_labels", "validation_split"]
+__all__ = ["LTVModel", "LTVNet", "LTVPredictions", "TargetHead", "TargetPrediction",
+           "checked_labels", "validation_split"]
+
+
+@dataclass(frozen=True)
+class TargetPrediction:
+    """One target's predictions for a set of users."""
+
+    value: np.ndarray  # the expected value (the point prediction every metric ranks by)
+    score: np.ndarray | None  # what its AUC reads (None: its kind has no AUC, see AUC_OF_KIND)
+
+
+LTVPredictions = dict[str, TargetPrediction]
+"""Target name -> its predictions, in the order of the targets."""
+
+
+@dataclass(frozen=True)
+class TargetHead:
+    """One target's output width, loss and predictions, as its kind says.
+
+    A lognormal target is modelled in units of ``scale``, its training values' geometric mean:
+    Y / c is lognormal with mu - log c and the same sigma, so nothing changes but the start.
+    Without it an income of 20,000 (log 10) starts ten sigmas from a fresh head's mu = 0, the
+    first steps inflate sigma instead of moving mu, and exp(mu + sigma^2 / 2) overflows (measured).
+    """
+
+    target: LTVTarget
+    retained_threshold: int = 7  # hurdle_count: the retained AUC's cut (capped at max)
+    scale: float = 1.0  # lognormal: labels are divided by it, predictions multiplied
+
+    @classmethod
+    def for_labels(cls, target: LTVTarget, retained: int, y: np.ndarray) -> "TargetHead":
+        """The head of ``target`` for training labels ``y`` (a lognormal one takes their scale)."""
+        scale = float(np.exp(np.mean(np.log(y)))) if target.kind == "lognormal" and len(y) else 1.0
+        return cls(target, retained, scale)
+
+    @property
+    def width(self) -> int:
+        return 2 if self.target.kind == "lognormal" else 3
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.target.kind == "ziln":
+            return ziln_loss(logits, y)
+        if self.target.kind == "hurdle_count":
+            return count_loss(logits, y, n_trials=self._max)
+        return lognormal_loss(logits, y / self.scale)
+
+    def predict(self, logits: torch.Tensor) -> TargetPrediction:
+        numpy = lambda t: t.double().numpy()  # noqa: E731
+        if self.target.kind == "ziln":
+            return TargetPrediction(numpy(ziln_predict(logits)), numpy(positive_prob(logits)))
+        if self.target.kind == "hurdle_count":
+            threshold = retained_threshold(self.target, self.retained_threshold)
+            return TargetPrediction(numpy(count_predict(logits, self._max)),
+                                    numpy(count_tail_prob(logits, threshold, self._max)))
+        return TargetPrediction(numpy(lognormal_predict(logits)) * self.scale, None)
+
+    @property
+    def _max(self) -> int:
+        assert self.target.max is not None  # LTVTarget requires it for hurdle_count
+        return self.target.max
 
 
 class LTVNet(FieldInputs):
-    """Profile field embeddings (+ projected dense extras) -> MLP -> (revenue logits, count logits)."""
+    """Profile field embeddings (+ projected dense extras) -> MLP -> one logit block per head."""
 
-    def __init__(self, shape: NetworkShape, dense_in: int, dense_dim: int) -> None:
+    def __init__(self, shape: NetworkShape, dense_in: int, dense_dim: int,
+                 head_widths: Sequence[int]) -> None:
         super().__init__(shape)
         self.dense = nn.Linear(dense_in, dense_dim) if dense_in else None
         width = shape.input_dim + (dense_dim if dense_in else 0)
@@ -57,36 +128,37 @@ class LTVNet(FieldInputs):
             nn.Linear(width, shape.hidden), nn.ReLU(), nn.Dropout(shape.dropout),
             nn.Linear(shape.hidden, shape.hidden), nn.ReLU(), nn.Dropout(shape.dropout),
         )
-        self.revenue_head = nn.Linear(shape.hidden, 3)
-        self.count_head = nn.Linear(shape.hidden, 3)
+        self.heads = nn.ModuleList(nn.Linear(shape.hidden, w) for w in head_widths)
 
-    def forward(self, x: Features, dense: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: Features, dense: torch.Tensor | None) -> list[torch.Tensor]:
         v = self.field_vector(x)
         if self.dense is not None:
             assert dense is not None
             v = torch.cat([v, self.dense(dense)], dim=1)
         h = self.trunk(v)
-        return self.revenue_head(h), self.count_head(h)
+        return [head(h) for head in self.heads]
 
 
-@dataclass(frozen=True)
-class LTVPredictions:
-    revenue: np.ndarray  # expected revenue over the horizon
-    payer_prob: np.ndarray  # p(revenue > 0)
-    active: np.ndarray  # expected active days
-    retained_prob: np.ndarray  # p(active days >= retained_threshold)
-
-
-def checked_labels(n: int, revenue: np.ndarray, active: np.ndarray,
-                   dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """(revenue, active) as ``dtype`` arrays, refused unless one known value per profile row."""
-    revenue = np.asarray(revenue, dtype=dtype)
-    active = np.asarray(active, dtype=dtype)
-    if revenue.shape != (n,) or active.shape != (n,):
-        raise ValueError(f"labels must have one value per profile row ({n})")
-    if np.isnan(revenue).any() or np.isnan(active).any():
-        raise ValueError("labels contain NaN (users without a known label must be dropped)")
-    return revenue, active
+def checked_labels(n: int, labels: Mapping[str, np.ndarray], targets: Sequence[LTVTarget],
+                   dtype: type = np.float32) -> dict[str, np.ndarray]:
+    """Each target's labels as a ``dtype`` array, refused unless one known value per profile
+    row that the target's kind can model."""
+    out = {}
+    for t in targets:
+        if t.name not in labels:
+            raise ValueError(f"no labels for target {t.name!r} (given: {sorted(labels)})")
+        y = np.asarray(labels[t.name], dtype=np.float64)
+        if y.shape != (n,):
+            raise ValueError(f"labels must have one value per profile row ({n}); target "
+                             f"{t.name!r} has shape {y.shape}")
+        if np.isnan(y).any():
+            raise ValueError(f"labels of target {t.name!r} contain NaN (users without a known "
+                             "label must be dropped)")
+        problem = value_problem(t, y)
+        if problem:
+            raise ValueError(problem)
+        out[t.name] = y.astype(dtype)
+    return out
 
 
 def validation_split(profiles: pa.Table, fraction: float,
@@ -107,15 +179,15 @@ def validation_split(profiles: pa.Table, fraction: float,
 
 
 class LTVModel:
-    """ZILN revenue + hurdle beta-binomial activity, on profile fields and optional dense features."""
+    """One likelihood head per target, on profile fields and optional dense features."""
 
-    def __init__(self, schema: ProfileSchema, *, horizon_days: int = 30,
+    def __init__(self, schema: ProfileSchema, *, targets: Sequence[LTVTarget],
                  retained_threshold: int = 7, epochs: int = 40, learning_rate: float = 3e-3,
                  weight_decay: float = 1e-4, batch_size: int = 512, hidden: int = 64,
                  dense_dim: int = 32, dropout: float = 0.1, val_fraction: float = 0.1,
                  patience: int = 6, min_token_count: int = 2, seed: int = 0) -> None:
         self.schema = schema
-        self.horizon_days = horizon_days
+        self.targets = list(targets)
         self.retained_threshold = retained_threshold
         self.epochs = epochs
         self.learning_rate = learning_rate
@@ -148,22 +220,25 @@ class LTVModel:
         z = np.clip((dense - self.dense_mean_) / self.dense_std_, -NUMERIC_CLIP, NUMERIC_CLIP)
         return torch.from_numpy(z.astype(np.float32))
 
-    def _losses(self, feats: Features, dense: torch.Tensor | None, revenue: torch.Tensor,
-                active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rev_logits, cnt_logits = self.net_(feats, dense)
-        return (ziln_loss(rev_logits, revenue),
-                count_loss(cnt_logits, active, n_trials=self.horizon_days))
+    def _losses(self, feats: Features, dense: torch.Tensor | None,
+                y: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [head.loss(logits, yt)
+                for head, logits, yt in zip(self.heads_, self.net_(feats, dense), y)]
 
     # -- fit / predict -----------------------------------------------------------------------
 
-    def fit(self, profiles: pa.Table, revenue: np.ndarray, active: np.ndarray,
+    def fit(self, profiles: pa.Table, labels: Mapping[str, np.ndarray],
             dense: np.ndarray | None = None) -> "LTVModel":
+        """Fit on ``profiles`` and ``labels`` (target name -> one value per profile row)."""
         n = profiles.num_rows
-        revenue, active = checked_labels(n, revenue, active)
+        y = checked_labels(n, labels, self.targets)
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         train_idx, val_idx = validation_split(profiles, self.val_fraction, self.seed)
         self.validation_index_ = val_idx
+        self.heads_ = [TargetHead.for_labels(t, self.retained_threshold,
+                                             y[t.name][train_idx].astype(np.float64))
+                       for t in self.targets]
 
         self.featurizer_ = Featurizer.fit(profiles.take(pa.array(train_idx)), self.schema,
                                           min_count=self.min_token_count)
@@ -177,10 +252,10 @@ class LTVModel:
         shape = NetworkShape.for_featurizer(self.featurizer_, None, dim=0, hidden=self.hidden,
                                             dropout=self.dropout)
         self.net_ = LTVNet(shape, 0 if self.dense_mean_ is None else self.dense_mean_.shape[0],
-                           self.dense_dim)
+                           self.dense_dim, [h.width for h in self.heads_])
         feats = self.featurizer_.transform(profiles)
         x_dense = self._dense(None if dense is None else np.asarray(dense, np.float64), n)
-        rev, act = torch.from_numpy(revenue), torch.from_numpy(active)
+        ys = [torch.from_numpy(y[t.name]) for t in self.targets]
         opt = torch.optim.AdamW(self.net_.parameters(), lr=self.learning_rate,
                                 weight_decay=self.weight_decay)
         watch = val_idx if len(val_idx) else train_idx
@@ -193,18 +268,17 @@ class LTVModel:
             order = rng.permutation(train_idx)
             for start in range(0, len(order), self.batch_size):
                 idx = order[start:start + self.batch_size]
-                r_loss, c_loss = self._losses(feats.take(idx),
-                                              None if x_dense is None else x_dense[idx],
-                                              rev[idx], act[idx])
+                losses = self._losses(feats.take(idx), None if x_dense is None else x_dense[idx],
+                                      [yt[idx] for yt in ys])
                 opt.zero_grad(set_to_none=True)
-                (r_loss + c_loss).backward()
+                sum(losses).backward()
                 opt.step()
             self.net_.eval()
             with torch.no_grad():
-                r_loss, c_loss = self._losses(watch_feats, watch_dense, rev[watch], act[watch])
-            loss = float(r_loss + c_loss)
-            self.history_.append({"epoch": epoch, "revenue_loss": float(r_loss),
-                                  "active_loss": float(c_loss)})
+                losses = self._losses(watch_feats, watch_dense, [yt[watch] for yt in ys])
+            loss = float(sum(losses))
+            self.history_.append({"epoch": epoch, **{f"{t.name}_loss": float(v)
+                                                     for t, v in zip(self.targets, losses)}})
             if stopper.step(loss, lambda: copy.deepcopy(self.net_.state_dict())):
                 break
         assert stopper.best_state is not None
@@ -218,14 +292,8 @@ class LTVModel:
     def predict(self, profiles: pa.Table, dense: np.ndarray | None = None) -> LTVPredictions:
         n = profiles.num_rows
         x_dense = self._dense(None if dense is None else np.asarray(dense, np.float64), n)
-        rev_logits, cnt_logits = self.net_(self.featurizer_.transform(profiles), x_dense)
-        return LTVPredictions(
-            revenue=ziln_predict(rev_logits).double().numpy(),
-            payer_prob=positive_prob(rev_logits).double().numpy(),
-            active=count_predict(cnt_logits, self.horizon_days).double().numpy(),
-            retained_prob=count_tail_prob(cnt_logits, self.retained_threshold,
-                                          self.horizon_days).double().numpy(),
-        )
+        logits = self.net_(self.featurizer_.transform(profiles), x_dense)
+        return {h.target.name: h.predict(block) for h, block in zip(self.heads_, logits)}
 
     def summary(self) -> dict[str, Any]:
         return {"best_epoch": self.best_epoch_, "epochs_run": len(self.history_),

@@ -3,9 +3,9 @@
 Tabular LTV in practice is boosted trees on the profile columns, so the comparison carries them
 beside row A's MLP (:class:`trainers.ltv.LTVModel`): if the trees beat the MLP, every uplift is
 read against them (``trainers.evaluate.aggregate``). scikit-learn's HistGradientBoosting, one
-model per quantity:
+model per quantity, per target as its kind (``ltv.targets``) says:
 
-- **Revenue** (zero-inflated value): a hurdle. A classifier for p(value > 0) and a regressor on
+- **ziln** (zero-inflated value, revenue): a hurdle. A classifier for p(value > 0) and a regressor on
   log(value) of the paying users; the prediction is p * E[value | value > 0] with Duan's
   smearing, E[value | value > 0, x] = exp(f(x)) * mean(exp(residual)), the residuals being the
   held-out log errors of the validation payers (the training payers' when there are fewer than
@@ -14,9 +14,11 @@ model per quantity:
   the mean at a log-scale spread of 1. Why the hurdle and not one regressor: HistGradientBoosting
   has no tweedie loss, poisson on the raw value is dominated by the few largest payers, and the
   hurdle gives p(payer), which the payer AUC reads, directly (as the MLP's ZILN gate does).
-- **Activity** (``lt30``, active days, a count bounded by the horizon; 0/1 labels are the same
-  code): a poisson regressor (log link, so a non-negative mean) clipped to [0, horizon], and a
-  classifier for p(active days >= retained_threshold), the score the retained AUC reads.
+- **hurdle_count** (``lt30``, active days, a count bounded by max; 0/1 labels are the same
+  code): a poisson regressor (log link, so a non-negative mean) clipped to [0, max], and a
+  classifier for p(count >= retained_threshold), the score the retained AUC reads.
+- **lognormal** (a positive value, income): the ziln's value regressor alone, on log(value) of
+  every user, with the same smearing (no gate: every value is positive).
 
 Features: the MLP's own :class:`~scaletot_features.encoder.featurizer.Featurizer`, fitted on the
 same fit rows, read as one dense matrix: categorical fields as native categories (the ids 0 =
@@ -37,15 +39,18 @@ in ``_``.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
+from scaletot_features.config import LTVTarget
 from scaletot_features.encoder.featurizer import Featurizer, Features
+from scaletot_features.ltv.targets import retained_threshold
 from scaletot_features.profile import ProfileSchema
-from trainers.ltv import LTVPredictions, checked_labels, validation_split
+from trainers.ltv import LTVPredictions, TargetPrediction, checked_labels, validation_split
 
 __all__ = ["GBDTLTVModel", "smearing_factor", "tree_matrix"]
 
@@ -106,16 +111,16 @@ class _Constant:
 
 
 class GBDTLTVModel:
-    """Hurdle revenue + poisson activity + two classifiers, boosted trees on the profile fields."""
+    """Boosted trees on the profile fields, per target the models its kind says."""
 
-    def __init__(self, schema: ProfileSchema, *, horizon_days: int = 30,
+    def __init__(self, schema: ProfileSchema, *, targets: Sequence[LTVTarget],
                  retained_threshold: int = 7, max_iter: int = 300, learning_rate: float = 0.05,
                  max_leaf_nodes: int = 31, min_samples_leaf: int = 20,
                  l2_regularization: float = 0.0, n_iter_no_change: int = 20,
                  max_tokens: int = 32, min_token_count: int = 2, val_fraction: float = 0.1,
                  min_smearing_rows: int = 20, seed: int = 0) -> None:
         self.schema = schema
-        self.horizon_days = horizon_days
+        self.targets = list(targets)
         self.retained_threshold = retained_threshold
         self.max_iter = max_iter
         self.learning_rate = learning_rate
@@ -162,14 +167,55 @@ class GBDTLTVModel:
                               self.max_tokens)
         return x
 
+    def _log_value(self, name: str, x: np.ndarray, y: np.ndarray, xv: np.ndarray,
+                   yv: np.ndarray) -> None:
+        """A regressor on log(y) of positive values and its smearing factor, from the
+        validation rows' held-out residuals (the training rows' when there are too few)."""
+        value = self._boost("regressor", x, np.log(y), xv, np.log(yv))
+        held_out = len(yv) >= self.min_smearing_rows
+        xs, ys = (xv, yv) if held_out else (x, y)
+        self.boosters_[f"{name}.value"] = value
+        self.smearing_[name] = smearing_factor(np.log(ys) - value.predict(xs)) if len(ys) else 1.0
+        self.smearing_rows_[name] = "validation" if held_out else "training"
+
+    def _fit_target(self, t: LTVTarget, x: np.ndarray, xv: np.ndarray, y: np.ndarray,
+                    yv: np.ndarray) -> None:
+        if t.kind == "ziln":
+            self.boosters_[f"{t.name}.payer"] = self._boost(
+                "classifier", x, (y > 0).astype(int), xv, (yv > 0).astype(int))
+            pos, pos_v = y > 0, yv > 0
+            self._log_value(t.name, x[pos], y[pos], xv[pos_v], yv[pos_v])
+        elif t.kind == "hurdle_count":
+            cut = retained_threshold(t, self.retained_threshold)
+            self.boosters_[f"{t.name}.count"] = self._boost("regressor", x, y, xv, yv,
+                                                            loss="poisson")
+            self.boosters_[f"{t.name}.retained"] = self._boost(
+                "classifier", x, (y >= cut).astype(int), xv, (yv >= cut).astype(int))
+        else:
+            self._log_value(t.name, x, y, xv, yv)
+
+    def _predict_target(self, t: LTVTarget, x: np.ndarray) -> TargetPrediction:
+        b = self.boosters_
+        if t.kind == "ziln":
+            payer = self._prob(b[f"{t.name}.payer"], x)
+            value = np.exp(b[f"{t.name}.value"].predict(x)) * self.smearing_[t.name]
+            return TargetPrediction(payer * value, payer)
+        if t.kind == "hurdle_count":
+            assert t.max is not None
+            return TargetPrediction(np.clip(b[f"{t.name}.count"].predict(x), 0.0, float(t.max)),
+                                    self._prob(b[f"{t.name}.retained"], x))
+        return TargetPrediction(np.exp(b[f"{t.name}.value"].predict(x)) * self.smearing_[t.name],
+                                None)
+
     # -- fit / predict -----------------------------------------------------------------------
 
-    def fit(self, profiles: pa.Table, revenue: np.ndarray, active: np.ndarray,
+    def fit(self, profiles: pa.Table, labels: Mapping[str, np.ndarray],
             dense: np.ndarray | None = None) -> "GBDTLTVModel":
+        """Fit on ``profiles`` and ``labels`` (target name -> one value per profile row)."""
         if dense is not None and dense.shape[1]:
             raise ValueError("the boosted-tree baseline is profile-only: no dense features")
         n = profiles.num_rows
-        revenue, active = checked_labels(n, revenue, active, np.float64)
+        y = checked_labels(n, labels, self.targets, np.float64)
         t0 = time.perf_counter()
         fit_idx, val_idx = validation_split(profiles, self.val_fraction, self.seed)
         self.validation_index_ = val_idx
@@ -178,21 +224,11 @@ class GBDTLTVModel:
         x_all, self.categorical_mask_, self.feature_names_ = tree_matrix(
             self.featurizer_, self.featurizer_.transform(profiles), self.max_tokens)
         x, xv = x_all[fit_idx], x_all[val_idx]
-        rev, rev_v = revenue[fit_idx], revenue[val_idx]
-        act, act_v = active[fit_idx], active[val_idx]
-
-        self.payer_ = self._boost("classifier", x, (rev > 0).astype(int), xv,
-                                  (rev_v > 0).astype(int))
-        pos, pos_v = rev > 0, rev_v > 0
-        self.value_ = self._boost("regressor", x[pos], np.log(rev[pos]), xv[pos_v],
-                                  np.log(rev_v[pos_v]))
-        held_out = int(pos_v.sum()) >= self.min_smearing_rows
-        xs, ys = (xv[pos_v], rev_v[pos_v]) if held_out else (x[pos], rev[pos])
-        self.smearing_ = smearing_factor(np.log(ys) - self.value_.predict(xs)) if len(ys) else 1.0
-        self.smearing_rows_ = "validation" if held_out else "training"
-        self.active_ = self._boost("regressor", x, act, xv, act_v, loss="poisson")
-        self.retained_ = self._boost("classifier", x, (act >= self.retained_threshold).astype(int),
-                                     xv, (act_v >= self.retained_threshold).astype(int))
+        self.boosters_: dict[str, Any] = {}
+        self.smearing_: dict[str, float] = {}
+        self.smearing_rows_: dict[str, str] = {}
+        for t in self.targets:
+            self._fit_target(t, x, xv, y[t.name][fit_idx], y[t.name][val_idx])
         self.fit_seconds_ = time.perf_counter() - t0
         return self
 
@@ -200,17 +236,12 @@ class GBDTLTVModel:
         if dense is not None and dense.shape[1]:
             raise ValueError("the boosted-tree baseline is profile-only: no dense features")
         x = self._matrix(profiles)
-        payer = self._prob(self.payer_, x)
-        value = np.exp(self.value_.predict(x)) * self.smearing_
-        return LTVPredictions(
-            revenue=payer * value, payer_prob=payer,
-            active=np.clip(self.active_.predict(x), 0.0, float(self.horizon_days)),
-            retained_prob=self._prob(self.retained_, x))
+        return {t.name: self._predict_target(t, x) for t in self.targets}
 
     def summary(self) -> dict[str, Any]:
-        return {"iterations": {k: int(getattr(self, f"{k}_").n_iter_)
-                               for k in ("payer", "value", "active", "retained")},
-                "smearing": round(self.smearing_, 6), "smearing_rows": self.smearing_rows_,
+        return {"iterations": {k: int(b.n_iter_) for k, b in self.boosters_.items()},
+                "smearing": {k: round(v, 6) for k, v in self.smearing_.items()},
+                "smearing_rows": dict(self.smearing_rows_),
                 "features": len(self.feature_names_),
                 "categorical_features": int(self.categorical_mask_.sum()),
                 "fit_seconds": round(self.fit_seconds_, 3)}

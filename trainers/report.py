@@ -2,6 +2,9 @@
 
 Every number here is read from the results the comparison wrote; nothing is recomputed except
 the gain curves, from the saved test predictions. ``console_tables`` is what the demo prints.
+Columns and plots follow the results' targets (``results["targets"]``, from ``ltv.targets``):
+per target its Gini on all users and on the low-activity slice, and its AUC where its kind has
+one (payer for ziln, retained for hurdle_count).
 """
 
 from __future__ import annotations
@@ -16,17 +19,41 @@ from rich.console import Console
 from rich.table import Table
 
 from scaletot_features.data.io import read_table
-from scaletot_features.dataset import EvalLayout
+from scaletot_features.dataset import EvalLayout, prediction_column, truth_column
 from scaletot_features.ltv.metrics import gain_curve
 
-HEADERS: dict[str, str] = {  # summary key without the slice -> column header
-    "revenue.gini": "revenue Gini", "revenue.auc": "payer AUC",
-    "revenue.spearman": "revenue Spearman", "revenue.decile_mape": "revenue decile MAPE",
-    "active.gini": "lt30 Gini", "active.auc": "retained AUC",
-    "active.spearman": "lt30 Spearman", "active.decile_mape": "lt30 decile MAPE",
-}
-HEADLINE = [("all", "revenue.gini"), ("low_activity", "revenue.gini"), ("all", "revenue.auc"),
-            ("all", "active.gini"), ("low_activity", "active.gini"), ("all", "active.auc")]
+def targets_of(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The targets the results were scored on (name, kind, auc: payer | retained | None)."""
+    return results["targets"]
+
+
+def headline(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """(slice, key) of the headline cells: per target its Gini on all users and on the
+    low-activity slice, and its AUC where its kind has one."""
+    cells = []
+    for t in targets_of(results):
+        cells += [("all", f"{t['name']}.gini"), ("low_activity", f"{t['name']}.gini")]
+        if t.get("auc"):
+            cells.append(("all", f"{t['name']}.auc"))
+    return cells
+
+
+def more_cells(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """(slice, key) of rank correlation and calibration, per target and slice."""
+    return [(s, f"{t['name']}.{k}") for t in targets_of(results)
+            for k in ("spearman", "decile_mape") for s in ("all", "low_activity")]
+
+
+METRIC_NAMES = {"gini": "Gini", "spearman": "Spearman", "decile_mape": "decile MAPE"}
+
+
+def metric_name(results: dict[str, Any], key: str) -> str:
+    """``lt30.gini`` -> "lt30 Gini"; an AUC by what it separates: "revenue_30 payer AUC"."""
+    name, metric = key.rsplit(".", 1)
+    if metric == "auc":
+        auc = next(t["auc"] for t in targets_of(results) if t["name"] == name)
+        return f"{name} {auc} AUC"
+    return f"{name} {METRIC_NAMES[metric]}"
 
 
 def _fmt(mean: float, std: float | None = None, signed: bool = False) -> str:
@@ -82,26 +109,24 @@ def _fit_seconds(results: dict[str, Any], key: str) -> str:
 
 def _sample_size(results: dict[str, Any], block: str) -> str:
     r = _rows(results, block)[0]
-    n = r["all.revenue.n"]
-    return f"{n:,} test users, {round(n * r['all.revenue.positive_rate']):,} of them payers"
+    first = targets_of(results)[0]["name"]
+    n = r[f"all.{first}.n"]
+    payer = next((t["name"] for t in targets_of(results) if t.get("auc") == "payer"), None)
+    if payer is None:
+        return f"{n:,} test users"
+    return f"{n:,} test users, {round(n * r[f'all.{payer}.positive_rate']):,} of them payers"
 
 
-MORE = [(s, k) for k in ("revenue.spearman", "revenue.decile_mape", "active.spearman",
-                         "active.decile_mape") for s in ("all", "low_activity")]
-
-
-def _header(s: str, k: str) -> str:
-    return f"{HEADERS[k]} ({'low-act.' if s == 'low_activity' else 'all'})"
+def _header(results: dict[str, Any], s: str, k: str) -> str:
+    return f"{metric_name(results, k)} ({'low-act.' if s == 'low_activity' else 'all'})"
 
 
 def comparison_markdown(results: dict[str, Any], block: str = "main",
-                        cells: list[tuple[str, str]] = HEADLINE) -> str:
+                        cells: list[tuple[str, str]] | None = None) -> str:
+    cells = headline(results) if cells is None else cells
     body = [[r["label"]] + [_cell(r, f"{s}.{k}") for s, k in cells]
             for r in _rows(results, block)]
-    return _md_table(["feature set"] + [_header(s, k) for s, k in cells], body)
-
-
-TARGET_NAMES = {"revenue": "revenue_30", "active": "lt30"}
+    return _md_table(["feature set"] + [_header(results, s, k) for s, k in cells], body)
 
 
 def base_note(results: dict[str, Any], block: str = "main") -> str:
@@ -109,10 +134,10 @@ def base_note(results: dict[str, Any], block: str = "main") -> str:
     rows = _rows(results, block)
     scored = {r["set"]: r for r in rows if r.get("profile_only")}
     parts = []
-    for t, name in TARGET_NAMES.items():
+    for t in (t["name"] for t in targets_of(results)):
         scores = ", ".join(f"{k} {_fmt(r.get(f'validation.{t}.gini', float('nan')))}"
                            for k, r in scored.items())
-        parts.append(f"{name} against {_base(rows[0], t)}"
+        parts.append(f"{t} against {_base(rows[0], t)}"
                      + (f" (validation Gini {scores})" if len(scored) > 1 else ""))
     return ("Uplifts are read against the best profile-only row, chosen per target by the mean "
             "Gini on the validation users (the models' early-stopping slice of the training users, "
@@ -121,14 +146,16 @@ def base_note(results: dict[str, Any], block: str = "main") -> str:
 
 
 def uplift_markdown(results: dict[str, Any], block: str = "main") -> str:
-    rows = [r for r in _rows(results, block)
-            if not all(r["set"] == _base(r, t) for t in TARGET_NAMES)]
-    header = ["vs best profile-only (same seeds)"] + [f"Δ {_header(s, k)}" for s, k in HEADLINE]
-    body = [[r["label"]] + [_cell(r, f"{s}.{k}", uplift=True) for s, k in HEADLINE] for r in rows]
+    names = [t["name"] for t in targets_of(results)]
+    cells = headline(results)
+    rows = [r for r in _rows(results, block) if not all(r["set"] == _base(r, t) for t in names)]
+    header = ["vs best profile-only (same seeds)"] + [f"Δ {_header(results, s, k)}"
+                                                      for s, k in cells]
+    body = [[r["label"]] + [_cell(r, f"{s}.{k}", uplift=True) for s, k in cells] for r in rows]
     return _md_table(header, body)
 
 
-def sweep_uplift(results: dict[str, Any], key: str = "revenue.gini"
+def sweep_uplift(results: dict[str, Any], key: str
                  ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """(coverage fractions, per slice (mean paired uplift over the best profile-only row, its
     sd)) of the sweep points."""
@@ -147,8 +174,10 @@ def plot_gain_curves(results: dict[str, Any], predictions: Path, out: Path) -> P
 
     pred = read_table(predictions)
     seed = results["seeds"][0]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 9))
-    for col, (target, title) in enumerate([("revenue", "revenue_30"), ("active", "lt30")]):
+    names = [t["name"] for t in targets_of(results)]
+    fig, axes = plt.subplots(2, len(names), figsize=(5.5 * len(names), 9), squeeze=False)
+    for col, target in enumerate(names):
+        title = target
         for row, (slice_name, low_only) in enumerate([("all users", False),
                                                        ("low-activity slice", True)]):
             ax = axes[row][col]
@@ -159,10 +188,11 @@ def plot_gain_curves(results: dict[str, Any], predictions: Path, out: Path) -> P
                 if low_only:
                     sel = pc.and_(sel, pred.column("low_activity"))
                 part = pred.filter(sel)
-                y_true = part.column(f"{target}_true").to_numpy()
+                y_true = part.column(truth_column(target)).to_numpy()
                 if part.num_rows == 0 or y_true.sum() <= 0:
                     continue
-                x, y = gain_curve(y_true, part.column(f"{target}_pred").to_numpy(), num_points=201)
+                x, y = gain_curve(y_true, part.column(prediction_column(target)).to_numpy(),
+                                  num_points=201)
                 ax.plot(x, y, label=r["label"], lw=1.4)
             if part.num_rows and y_true.sum() > 0:
                 x, y = gain_curve(y_true, y_true, num_points=201)
@@ -188,9 +218,9 @@ def plot_coverage(results: dict[str, Any], out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, (key, title) in zip(axes, [("revenue.gini", "revenue_30 Gini"),
-                                       ("active.gini", "lt30 Gini")]):
+    names = [t["name"] for t in targets_of(results)]
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
+    for ax, (key, title) in zip(axes[0], [(f"{n}.gini", f"{n} Gini") for n in names]):
         cov, series = sweep_uplift(results, key)
         for s, style in (("all", "o-"), ("low_activity", "s--")):
             m, sd = series[s]
@@ -250,7 +280,7 @@ def write_report(results: dict[str, Any], predictions: Path, out: Path) -> Path:
         "Rank correlation and calibration (decile MAPE: mean |predicted - actual| / actual over "
         "prediction deciles, deciles with no actual value left out):",
         "",
-        comparison_markdown(results, cells=MORE),
+        comparison_markdown(results, cells=more_cells(results)),
         "",
         f"![gain curves]({gains.name})",
         "",
@@ -292,13 +322,19 @@ def write_report(results: dict[str, Any], predictions: Path, out: Path) -> Path:
     return path
 
 
-SHORT = {"revenue.gini": "rev Gini", "revenue.auc": "payer AUC", "active.gini": "lt30 Gini",
-         "active.auc": "ret. AUC"}
+def _short_header(results: dict[str, Any], s: str, k: str) -> str:
+    """A console column: "lt30 Gini", then "low-act." beside it, "retained AUC"."""
+    if s == "low_activity":
+        return "low-act."
+    return metric_name(results, k).split(" ", 1)[1] if k.endswith(".auc") else \
+        metric_name(results, k)
 
 
 def console_tables(results: dict[str, Any]) -> list[Table]:
     """The comparison, the sweep and (when separate) the upper bound, as rich tables."""
     tables = []
+    cells = headline(results)
+    first = f"all.{targets_of(results)[0]['name']}.gini"
     for block, title in (("main", "LTV comparison, test users (mean ± sd over seeds)"),
                          ("sweep", "coverage sweep for C"),
                          ("upper_bound", f"upper bound on a {results['upper_bound_users']:,}-user "
@@ -308,16 +344,15 @@ def console_tables(results: dict[str, Any]) -> list[Table]:
             continue
         t = Table(title=f"{title} ({_sample_size(results, block)})")
         t.add_column("feature set", no_wrap=True)
-        for s, k in HEADLINE:
-            t.add_column(SHORT[k] + (" low-act." if s == "low_activity" else ""), justify="right",
-                         no_wrap=True)
-        t.add_column("Δ rev Gini vs best prof.", justify="right", no_wrap=True)
+        for s, k in cells:
+            t.add_column(_short_header(results, s, k), justify="right", no_wrap=True)
+        t.add_column(f"Δ {metric_name(results, first.split('.', 1)[1])} vs best",
+                     justify="right", no_wrap=True)
         t.add_column("LLM users", justify="right", no_wrap=True)
         for r in rows:
             c = results["costs"].get(r["set"], {})
-            t.add_row(r["label"], *[_cell(r, f"{s}.{k}") for s, k in HEADLINE],
-                      _cell(r, "all.revenue.gini", uplift=True),
-                      f"{c.get('student_users', 0) or 0:,}")
+            t.add_row(r["label"], *[_cell(r, f"{s}.{k}") for s, k in cells],
+                      _cell(r, first, uplift=True), f"{c.get('student_users', 0) or 0:,}")
         tables.append(t)
     return tables
 

@@ -26,8 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scaletot_features.config import Settings
-from scaletot_features.data.io import read_table, write_json_atomic
-from scaletot_features.dataset import DatasetLayout, student_manifest
+from scaletot_features.data.io import read_json, read_table, write_json_atomic
+from scaletot_features.dataset import DatasetLayout, label_source, student_manifest
 from scaletot_features.runtime import torch_threads
 from scaletot_features.data.labels import label_names
 
@@ -122,6 +122,29 @@ def outcome_rows(data_dir: Path, user_ids: Sequence[int], horizon_days: int) -> 
         for u in out:
             out[u]["segment"] = strata.get(u, "<none>")
     return out
+
+
+def check_osipo_outcome(data_dir: Path, settings: Settings) -> None:
+    """Refuse, before any training, a ``student.outcome`` the dataset has no labels for.
+
+    OSIPO's reward buckets realised active days and revenue (``osipo_reward.OutcomeBucket``),
+    labels derived from events. A dataset whose labels came from a labels file (an income, a
+    365-day value) has none of them unless the file named its columns so: rather than guess a
+    bucketing for an outcome nobody described, the stage stops naming the settings to change."""
+    s = settings.student
+    active, revenue = label_names(settings.data.horizon_days)
+    needed = {"lt30": active, "revenue_30": revenue}
+    wanted = [needed[o] for o in (("lt30", "revenue_30") if s.outcome == "both" else (s.outcome,))]
+    manifest = read_json(DatasetLayout(Path(data_dir)).manifest)
+    labels = list(manifest.get("label_names") or ())
+    missing = [c for c in wanted if c not in labels]
+    if missing:
+        raise ValueError(
+            f"student.outcome {s.outcome!r}: OSIPO rewards chains on the label(s) {missing} "
+            f"(active days and revenue at the {settings.data.horizon_days}-day horizon), and this "
+            f"dataset's labels are {labels} (label_source: {label_source(manifest)}); set "
+            "student.osipo_max_steps: 0 to train the student by SFT alone, or ingest events so "
+            "that these labels are derived")
 
 
 def osipo_records(data_dir: Path, settings: Settings) -> list[dict[str, Any]]:
@@ -219,6 +242,8 @@ def train_student(data_dir: Path, settings: Settings, stages: Sequence[str] = ST
     if unknown:
         raise ValueError(f"unknown student stages {unknown}; choose from {list(STAGES)}")
     data_dir = Path(data_dir)
+    if "osipo" in stages and settings.student.osipo_max_steps > 0:
+        check_osipo_outcome(data_dir, settings)  # before SFT spends anything
     paths = student_paths(data_dir)
     report: dict[str, Any] = {}
     for stage in STAGES:

@@ -30,14 +30,22 @@ from scaletot_features.data.io import (
     write_json_atomic,
 )
 from scaletot_features.dataset import (
+    LABELS_FROM_FILE,
     PART_GLOB,
     DatasetLayout,
     embedding_dim,
     encoder_manifest,
     hash_mask,
+    label_source,
 )
 from scaletot_features.profile import ID_COLUMN, ProfileSchema
-from validation.suites import Suite, label_suite, reasoning_feature_suite, sparse_profile_suite
+from validation.suites import (
+    Suite,
+    file_label_suite,
+    label_suite,
+    reasoning_feature_suite,
+    sparse_profile_suite,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from scaletot_features.config import Settings
@@ -268,12 +276,14 @@ def validate_dataset(
     domains = manifest.get("reference_domains") or None
     horizon = int(manifest.get("horizon_days", settings.data.horizon_days))
     names = manifest.get("label_names")
+    labels = file_label_suite(names, settings.ltv.targets or ()) \
+        if label_source(manifest) == LABELS_FROM_FILE else label_suite(horizon, names)
 
     suites: list[tuple[Suite, Path]] = [
         (sparse_profile_suite(schema, null_rates, settings.validation.null_rate_tolerance,
                               domains, (settings.data.min_timestamp, settings.data.max_timestamp)),
          layout.profiles),
-        (label_suite(horizon, names), layout.labels),
+        (labels, layout.labels),
     ]
     results = []
     for suite, path in suites:

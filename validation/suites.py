@@ -93,7 +93,10 @@ def _present(series: pd.Series, kind: FieldKind) -> np.ndarray:
     if kind == FieldKind.text or kind == FieldKind.categorical:
         present &= (series.astype(object) != "").to_numpy()
     elif kind == FieldKind.tags:
-        lengths = pc.list_value_length(pa.array(series, from_pandas=True))
+        values = pa.array(series, from_pandas=True)
+        if pa.types.is_null(values.type):  # every value missing (an absent optional field)
+            return np.zeros(len(series), dtype=bool)
+        lengths = pc.list_value_length(values)
         present &= pc.fill_null(pc.greater(lengths, 0), False).to_numpy(zero_copy_only=False)
     return present
 
@@ -135,6 +138,34 @@ def null_band(reference: float, tolerance: float) -> tuple[float, float]:
 
 def _fraction_column(name: str) -> str:
     return f"{name}__fraction"
+
+
+def _whole_numbers(name: str) -> Any:
+    """The expectation that ``name`` holds whole numbers (on its ``__fraction`` column)."""
+    import great_expectations.expectations as gxe
+
+    return gxe.ExpectColumnValuesToBeBetween(column=_fraction_column(name), min_value=0,
+                                             max_value=0, meta=_meta("integer", name,
+                                                                     "whole numbers"))
+
+
+def _add_fractions(df: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """The ``__fraction`` column of each of ``names`` present (``_whole_numbers`` reads it)."""
+    for name in names:
+        if name in df.columns:
+            x = pd.to_numeric(df[name], errors="coerce").astype("float64")
+            df[_fraction_column(name)] = x - np.floor(x)
+    return df
+
+
+def _unique_ids() -> list[Any]:
+    """One row per user: user_id never null, never repeated."""
+    import great_expectations.expectations as gxe
+
+    return [gxe.ExpectColumnValuesToNotBeNull(column=ID_COLUMN,
+                                              meta=_meta("not_null", ID_COLUMN, "no nulls")),
+            gxe.ExpectColumnValuesToBeUnique(column=ID_COLUMN,
+                                             meta=_meta("unique", ID_COLUMN, "unique ids"))]
 
 
 def sparse_profile_suite(
@@ -201,17 +232,10 @@ def sparse_profile_suite(
                     meta=_meta("range", f.name, f"values in [{f.min_value}, {f.max_value}]")))
             if f.integer:
                 integer_fields.append(f.name)
-                exps.append(gxe.ExpectColumnValuesToBeBetween(
-                    column=_fraction_column(f.name), min_value=0, max_value=0,
-                    meta=_meta("integer", f.name, "whole numbers")))
+                exps.append(_whole_numbers(f.name))
 
     def prepare(df: pd.DataFrame) -> pd.DataFrame:
-        out = normalize_missing(df, schema)
-        for name in integer_fields:
-            if name in out.columns:
-                x = pd.to_numeric(out[name], errors="coerce").astype("float64")
-                out[_fraction_column(name)] = x - np.floor(x)
-        return out
+        return _add_fractions(normalize_missing(df, schema), integer_fields)
 
     return Suite(SPARSE_PROFILE, exps, prepare, notes)
 
@@ -230,12 +254,7 @@ def label_suite(horizon_days: int, label_names: Sequence[str] | None = None) -> 
     from scaletot_features.data.labels import label_names as default_names
 
     active, revenue = label_names or default_names(horizon_days)
-    exps: list[Any] = [
-        gxe.ExpectColumnValuesToNotBeNull(column=ID_COLUMN,
-                                          meta=_meta("not_null", ID_COLUMN, "no nulls")),
-        gxe.ExpectColumnValuesToBeUnique(column=ID_COLUMN,
-                                         meta=_meta("unique", ID_COLUMN, "unique ids")),
-    ]
+    exps: list[Any] = _unique_ids()
     for col in (active, revenue, "first_seen", "label_timestamp"):
         exps.append(gxe.ExpectColumnValuesToNotBeNull(column=col,
                                                       meta=_meta("not_null", col, "no nulls")))
@@ -243,9 +262,7 @@ def label_suite(horizon_days: int, label_names: Sequence[str] | None = None) -> 
         gxe.ExpectColumnValuesToBeBetween(
             column=active, min_value=0, max_value=horizon_days,
             meta=_meta("range", active, f"active days in [0, {horizon_days}]")),
-        gxe.ExpectColumnValuesToBeBetween(
-            column=_fraction_column(active), min_value=0, max_value=0,
-            meta=_meta("integer", active, "whole numbers")),
+        _whole_numbers(active),
         gxe.ExpectColumnValuesToBeBetween(
             column=revenue, min_value=0, meta=_meta("range", revenue, "revenue >= 0")),
         gxe.ExpectColumnValuesToBeBetween(
@@ -255,14 +272,41 @@ def label_suite(horizon_days: int, label_names: Sequence[str] | None = None) -> 
     ]
 
     def prepare(df: pd.DataFrame) -> pd.DataFrame:
-        out = df.copy()
-        if active in out.columns:
-            x = pd.to_numeric(out[active], errors="coerce").astype("float64")
-            out[_fraction_column(active)] = x - np.floor(x)
+        out = _add_fractions(df.copy(), [active])
         if {"label_timestamp", "first_seen"} <= set(out.columns):
             delay = out["label_timestamp"] - out["first_seen"]
             out[_delay_column()] = delay / pd.Timedelta(days=1)
         return out
+
+    return Suite(LABELS, exps, prepare)
+
+
+def file_label_suite(outcomes: Sequence[str], targets: Sequence[Any] = ()) -> Suite:
+    """Labels read from a labels file: one row per user, a label time each; an outcome may be
+    unknown (null) for a user, and where ``targets`` (``ltv.targets``) name one, its known values
+    keep to the rule of the target's kind (``ltv.targets.value_rule``)."""
+    import great_expectations.expectations as gxe
+
+    from scaletot_features.dataset import LABEL_TIMESTAMP
+    from scaletot_features.ltv.targets import value_rule
+
+    exps: list[Any] = _unique_ids() + [
+        gxe.ExpectColumnValuesToNotBeNull(column=LABEL_TIMESTAMP,
+                                          meta=_meta("not_null", LABEL_TIMESTAMP, "no nulls"))]
+    integers = []
+    for t in targets:
+        if t.name not in outcomes:
+            continue
+        rule = value_rule(t)
+        exps.append(gxe.ExpectColumnValuesToBeBetween(
+            column=t.name, min_value=rule.low, max_value=rule.high,
+            strict_min=not rule.low_inclusive, meta=_meta("range", t.name, rule.says)))
+        if rule.integer:
+            integers.append(t.name)
+            exps.append(_whole_numbers(t.name))
+
+    def prepare(df: pd.DataFrame) -> pd.DataFrame:
+        return _add_fractions(df.copy(), integers)
 
     return Suite(LABELS, exps, prepare)
 

@@ -89,13 +89,19 @@ def generate(
 @app.command()
 def ingest(
     profiles: Path = typer.Option(..., "--profiles", help="Profiles table (parquet or CSV)."),
-    events: Path = typer.Option(..., "--events", help="Events table (parquet or CSV)."),
+    events: Optional[Path] = typer.Option(
+        None, "--events", help="Events table (parquet or CSV); labels are derived from it "
+        "unless --labels is given."),
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", help="Labels you already have (parquet or CSV): user_id, optional "
+        "label_timestamp, outcome columns (ltv.targets names them)."),
     out: Path = typer.Option(..., "--out", "-o", help="Dataset directory to create."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing directory."),
     config: Optional[Path] = ConfigOpt,
     preset: Optional[str] = PresetOpt,
 ) -> None:
-    """Validate your own profiles and events, derive labels, and write the dataset layout."""
+    """Validate your own profiles with events and/or a labels file, and write the dataset layout
+    (labels: the file's outcome columns, else derived from the events)."""
     from scaletot_features.data.ingest import IngestError
     from scaletot_features.data.ingest import ingest as run_ingest
 
@@ -115,12 +121,17 @@ def ingest(
                 max_timestamp=s.data.max_timestamp,
                 overwrite=overwrite,
                 taxonomy=s.taxonomy(),
+                labels=labels,
+                targets=s.ltv.targets,
             )
     except (IngestError, FileExistsError) as e:
         _fail(str(e))
     for w in caught:
         console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
-    console.print(f"ingested {manifest['users']:,} users and {manifest['events']:,} events into {out}")
+    what = f"{manifest['events']:,} events" if events is not None else "no events"
+    console.print(f"ingested {manifest['users']:,} users and {what} into {out}; labels "
+                  f"{manifest['label_names']} from {'the labels file' if labels else 'the events'}",
+                  highlight=False)
 
 
 @app.command()
@@ -313,7 +324,7 @@ def features_historical(
     entities: Path = typer.Option(..., "--entities", help="Parquet/CSV with user_id and a timestamp."),
     out: Optional[Path] = typer.Option(None, "--out", help="Parquet to write (atomic)."),
     service: Optional[str] = typer.Option(None, "--service", help="Feature service name."),
-    with_labels: bool = typer.Option(False, "--with-labels", help="Join lt30/revenue_30 too."),
+    with_labels: bool = typer.Option(False, "--with-labels", help="Join the label columns too."),
 ) -> None:
     """Point-in-time-correct features for an entity table, written to parquet."""
     from scaletot_features.store.retrieval import historical_features

@@ -108,9 +108,10 @@ def run_demo(settings: Settings, console: Console) -> int:
     from trainers.report import print_tables
 
     results_path = layout.eval.results
-    if is_current(results_path, online, features, layout.student.chains):
+    results = read_json(results_path) if is_current(results_path, online, features,
+                                                    layout.student.chains) else None
+    if results is not None and "targets" in results:  # older results name no targets: redo
         console.print("[dim]evaluate: results are current, skipped[/]")
-        results = read_json(results_path)
     else:
         console.print(f"evaluate: LTV models ({len(settings.ltv.seeds)} seeds) on Feast features, "
                       "baselines, coverage sweep, report")

@@ -1,12 +1,14 @@
-"""Your own data: check two tables (profiles, events) and write them as a dataset directory.
+"""Your own data: check your tables (profiles, and events or labels) and write a dataset directory.
 
-Users bring a profiles table and an events table as parquet or CSV. Every check runs in DuckDB
-SQL over the files (nothing is loaded whole into memory), and every refusal is an
-:class:`IngestError` naming the file, the column and a sample offending row, so that the fix is
-obvious without opening a debugger. Only when both tables pass is anything written: the dataset
-layout of ``dataset.DatasetLayout`` (profiles cast to ``ProfileSchema.arrow_schema()``, events,
-labels from ``data.labels.derive_labels``, ``manifest.json``) inside ``data.io.atomic_dir``, so
-an error never leaves a partial directory behind and never touches an existing one.
+Users bring a profiles table and an events table, a labels file (labels they already have), or
+both, as parquet or CSV. Every check runs in DuckDB SQL over the files (nothing is loaded whole
+into memory), and every refusal is an :class:`IngestError` naming the file, the column and a
+sample offending row, so that the fix is obvious without opening a debugger. Only when every table
+passes is anything written: the dataset layout of ``dataset.DatasetLayout`` (profiles cast to
+``ProfileSchema.arrow_schema()``, events, labels, ``manifest.json``) inside
+``data.io.atomic_dir``, so an error never leaves a partial directory behind and never touches an
+existing one. Labels are derived from the events (``data.labels.derive_labels``) unless a labels
+file is given; then they are its outcome columns (``dataset.file_label_schema``).
 
 Input rules (documented for users in docs/your-own-data.md):
 
@@ -26,6 +28,14 @@ Input rules (documented for users in docs/your-own-data.md):
   a column that is not declared is ignored (warned, recorded in the manifest).
 - output rows are sorted (profiles by user_id, events by user_id, timestamp, value), so the same
   input gives the same parts whatever its file order.
+- labels file: ``user_id`` (unique, each one in the profiles), an optional ``label_timestamp``
+  (absent or an empty cell: the profile's ``event_timestamp`` + ``horizon_days``; never before
+  the profile's), and
+  outcome columns: the ``ltv.targets`` names when targets are given (other columns ignored,
+  warned), else every other column. Outcomes are numbers (empty/NaN = unknown for that user),
+  within their target kind's rule when one is given (``ltv.targets.ValueRule``); a column that
+  shares a profile field's name is refused (the training frame joins both). The labels file's
+  columns are checked before anything else is read.
 """
 
 from __future__ import annotations
@@ -43,9 +53,19 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from scaletot_features.config import LTVTarget
 from scaletot_features.data.io import PartWriter, atomic_dir, write_json_atomic
 from scaletot_features.data.labels import derive_labels, label_names, label_schema
-from scaletot_features.dataset import EVENTS_SCHEMA, SCHEMA_VERSION, DatasetLayout  # noqa: F401
+from scaletot_features.dataset import (  # noqa: F401 (EVENTS_SCHEMA re-exported)
+    EVENTS_SCHEMA,
+    LABEL_TIMESTAMP,
+    LABELS_FROM_EVENTS,
+    LABELS_FROM_FILE,
+    SCHEMA_VERSION,
+    DatasetLayout,
+    file_label_schema,
+)
+from scaletot_features.ltv.targets import value_rule
 from scaletot_features.profile import (
     DEFAULT_PROFILE_SCHEMA,
     ID_COLUMN,
@@ -114,7 +134,7 @@ def _is_string_list(t: str) -> bool:
 class _Source:
     """One input table, opened as a DuckDB view of its raw columns."""
 
-    role: str  # "profiles" | "events"
+    role: str  # "profiles" | "events" | "labels"
     path: Path
     view: str
     columns: dict[str, str]  # raw column name -> DuckDB type
@@ -252,13 +272,15 @@ def _id_plan(src: _Source, col: str = ID_COLUMN) -> _Plan:
     return _Plan(ID_COLUMN, col, parsed, checks)
 
 
-def _time_plan(src: _Source, col: str, out: str, lo: str, hi: str) -> _Plan:
+def _time_plan(src: _Source, col: str, out: str, lo: str, hi: str,
+               required: bool = True) -> _Plan:
+    """A timestamp column; ``required`` False lets a cell be empty (null: a default applies)."""
     raw, t = _raw(src, col)
-    checks = [("timestamp is missing (null)", _blank(raw, t))]
+    checks = [("timestamp is missing (null)", _blank(raw, t))] if required else []
     if _is_time(t):
         parsed = f"CAST({raw} AS TIMESTAMPTZ)"
     elif _is_string(t):
-        parsed = f"TRY_CAST(trim({raw}) AS TIMESTAMPTZ)"
+        parsed = f"TRY_CAST(NULLIF(trim({raw}), '') AS TIMESTAMPTZ)"
         checks.append(("is not a parseable timestamp (use ISO-8601, e.g. 2026-01-31 or "
                        "2026-01-31T08:00:00Z)", f"NOT {_blank(raw, t)} AND {parsed} IS NULL"))
     else:
@@ -422,9 +444,110 @@ def _orphans(con: duckdb.DuckDBPyConnection, ev: _Source, ev_id: str, pr: _Sourc
     if not n_rows:
         return []
     rows = _samples(con, ev, f"{ev_id} = {int(uid)}", shown)
-    return [f"{ev.where}: column {ID_COLUMN!r}: events for user ids not in the profiles file "
+    return [f"{ev.where}: column {ID_COLUMN!r}: {ev.role} for user ids not in the profiles file "
             f"{pr.path}: {_n(n_rows, 'row')} for {_n(n_ids, 'unknown id')}; e.g. user_id {uid}, row "
             f"{rows[0] if rows else '?'}"]
+
+
+# --------------------------------------------------------------------------- labels file
+
+
+def _label_columns(con: duckdb.DuckDBPyConnection, lb: _Source, targets: list[LTVTarget] | None,
+                   schema: ProfileSchema) -> tuple[list[str], list[str]]:
+    """(outcome columns, ignored columns) of a labels file, checked against ``ltv.targets`` and
+    the profile schema before any other file is read; refusals name the column or the key."""
+    first = _samples(con, lb, "true", list(lb.columns))
+    row = f"the file has columns {list(lb.columns)}; e.g. row {first[0] if first else '?'}"
+    problems = []
+    if ID_COLUMN not in lb.columns:
+        problems.append(f"{lb.where}: missing required column(s) [{ID_COLUMN!r}]; {row}")
+    others = [c for c in lb.columns if c not in (ID_COLUMN, LABEL_TIMESTAMP)]
+    if targets is not None:
+        outcomes = [t.name for t in targets]
+        for i, t in enumerate(targets):
+            if t.name not in lb.columns:
+                problems.append(f"{lb.where}: ltv.targets[{i}].name: {t.name!r} is not a column "
+                                f"of the labels file; {row}")
+    else:
+        outcomes = others
+        if not outcomes:
+            problems.append(f"{lb.where}: no outcome columns: besides {ID_COLUMN} and "
+                            f"{LABEL_TIMESTAMP} it needs one or more numeric columns; {row}")
+    for c in outcomes:
+        if c == TIMESTAMP_COLUMN:
+            problems.append(f"{lb.where}: column {c!r}: a labels file's time column is "
+                            f"{LABEL_TIMESTAMP!r} (when each label became known); rename it")
+        elif c in (ID_COLUMN, LABEL_TIMESTAMP) or c in schema.names:
+            problems.append(f"{lb.where}: column {c!r}: an outcome cannot be named like "
+                            f"{'a profile field' if c in schema.names else 'a key column'} "
+                            "(the training frame joins profiles and labels); rename it")
+    _raise(problems)
+    return outcomes, [c for c in others if c not in outcomes]
+
+
+def _label_plans(lb: _Source, outcomes: list[str], targets: list[LTVTarget] | None,
+                 lo: str, hi: str) -> list[_Plan]:
+    """user_id, label_timestamp (when the file has it) and each outcome, with its kind's rule."""
+    plans = [_id_plan(lb)]
+    if LABEL_TIMESTAMP in lb.columns:
+        plans.append(_time_plan(lb, LABEL_TIMESTAMP, LABEL_TIMESTAMP, lo, hi, required=False))
+    by_name = {t.name: t for t in targets or ()}
+    for c in outcomes:
+        plan = _number_plan(lb, c, c, None)
+        if c in by_name:
+            rule = value_rule(by_name[c])
+            plan.checks.append((f"breaks the rule of its target kind ({rule.says}; ltv.targets)",
+                                f"{plan.parsed} IS NOT NULL AND NOT isinf({plan.parsed}) AND "
+                                f"{rule.violation_sql(plan.parsed)}"))
+        plans.append(plan)
+    return plans
+
+
+def _labels_before_profiles(con: duckdb.DuckDBPyConnection, lb: _Source, lb_plans: list[_Plan],
+                            pr: _Source, pr_plans: list[_Plan], shown: list[str]) -> list[str]:
+    """A label stamped before its user's profile snapshot: the point-in-time join would find no
+    profile to predict it from (the user would silently drop out of every model)."""
+    ts = next((p for p in lb_plans if p.name == LABEL_TIMESTAMP), None)
+    if ts is None:
+        return []
+    n, uid, label_ts, profile_ts = con.sql(f"""
+        WITH l AS (SELECT {lb_plans[0].parsed} AS uid, {ts.parsed} AS ts FROM {lb.view}),
+             p AS (SELECT {pr_plans[0].parsed} AS uid, {pr_plans[1].parsed} AS ts FROM {pr.view}),
+             bad AS (SELECT l.uid, l.ts AS lts, p.ts AS pts FROM l JOIN p ON l.uid = p.uid
+                     WHERE l.ts < p.ts)
+        SELECT count(*), min(uid), arg_min(lts, uid), arg_min(pts, uid) FROM bad""").fetchall()[0]
+    if not n:
+        return []
+    rows = _samples(con, lb, f"{lb_plans[0].parsed} = {int(uid)}", shown)
+    return [f"{lb.where}: column {LABEL_TIMESTAMP!r}: is before the user's profile "
+            f"{TIMESTAMP_COLUMN} (a label must become known after the profile it is predicted "
+            f"from): {_n(n, 'row')}; e.g. user_id {uid} labelled at {_fmt_value(label_ts)}, "
+            f"profile at {_fmt_value(profile_ts)}, row {rows[0] if rows else '?'}"]
+
+
+def _write_file_labels(con: duckdb.DuckDBPyConnection, layout: DatasetLayout, lb: _Source,
+                       plans: list[_Plan], outcomes: list[str], horizon_days: int,
+                       chunk_size: int) -> PartWriter:
+    """The labels file's rows, sorted by user, stamped with their label time (the file's, or the
+    profile's event_timestamp + horizon)."""
+    p_glob = _lit(str(layout.profiles / "*.parquet"))
+    parsed = {p.name: p.parsed for p in plans}
+    label_ts = parsed.get(LABEL_TIMESTAMP, "NULL::TIMESTAMPTZ")
+    cols = ", ".join(f"l.{_q(c)}" for c in outcomes)
+    sql = f"""
+        WITH l AS (SELECT {parsed[ID_COLUMN]} AS {ID_COLUMN}, {label_ts} AS {LABEL_TIMESTAMP},
+                          {", ".join(f"{parsed[c]} AS {_q(c)}" for c in outcomes)}
+                   FROM {lb.view}),
+             p AS (SELECT {ID_COLUMN}, {TIMESTAMP_COLUMN} FROM read_parquet({p_glob}))
+        SELECT l.{ID_COLUMN},
+               coalesce(l.{LABEL_TIMESTAMP},
+                        p.{TIMESTAMP_COLUMN} + INTERVAL {int(horizon_days)} DAY) AS {LABEL_TIMESTAMP},
+               {cols}
+        FROM l JOIN p ON l.{ID_COLUMN} = p.{ID_COLUMN}
+        ORDER BY l.{ID_COLUMN}"""
+    writer = PartWriter(layout.labels, file_label_schema(outcomes))
+    _stream_parts(con, sql, writer, chunk_size)
+    return writer
 
 
 # --------------------------------------------------------------------------- writing
@@ -482,9 +605,11 @@ def _write_labels(con: duckdb.DuckDBPyConnection, layout: DatasetLayout, scratch
     return writer.parts
 
 
-def _check_paths(profiles: Path, events: Path, out: Path, overwrite: bool) -> None:
+def _check_paths(inputs: dict[str, Path | None], out: Path, overwrite: bool) -> None:
     out_r = out.resolve()
-    for role, p in (("profiles", profiles), ("events", events)):
+    for role, p in inputs.items():
+        if p is None:
+            continue
         p_r = p.resolve()
         if p_r == out_r or out_r in p_r.parents or p_r in out_r.parents:
             raise IngestError(f"output directory {out} overlaps the {role} input {p}; "
@@ -508,7 +633,7 @@ def _timestamp_bound(value: str, name: str) -> str:
 
 def ingest(
     profiles: Path,
-    events: Path,
+    events: Path | None,
     out: Path,
     schema: ProfileSchema = DEFAULT_PROFILE_SCHEMA,
     horizon_days: int = 30,
@@ -517,20 +642,29 @@ def ingest(
     overwrite: bool = False,
     chunk_size: int = 500_000,
     taxonomy: Taxonomy = DEFAULT_TAXONOMY,
+    labels: Path | None = None,
+    targets: list[LTVTarget] | None = None,
 ) -> dict[str, Any]:
-    """Check ``profiles`` and ``events``, then write the dataset directory ``out``.
+    """Check ``profiles`` with ``events`` and/or a ``labels`` file, then write the dataset ``out``.
 
+    Labels come from ``labels`` when given (its outcome columns: ``targets``' names, or every
+    column but ``user_id`` and ``label_timestamp``), else they are derived from ``events``.
     Returns the manifest. Raises :class:`IngestError` (and writes nothing) on any bad input.
     ``taxonomy`` only stamps its fingerprint into the manifest, as the generator does.
     """
-    profiles, events, out = Path(profiles), Path(events), Path(out)
+    profiles, out = Path(profiles), Path(out)
+    events = Path(events) if events is not None else None
+    labels = Path(labels) if labels is not None else None
+    if events is None and labels is None:
+        raise IngestError("give an events table (labels are derived from it) or a labels file "
+                          "(--labels: the labels you already have), or both")
     if horizon_days < 1:
         raise IngestError(f"horizon_days must be >= 1, got {horizon_days}")
     if chunk_size < 1:
         raise IngestError(f"chunk_size must be >= 1, got {chunk_size}")
     lo = _timestamp_bound(min_timestamp, "min_timestamp")
     hi = _timestamp_bound(max_timestamp, "max_timestamp")
-    _check_paths(profiles, events, out, overwrite)
+    _check_paths({"profiles": profiles, "events": events, "labels": labels}, out, overwrite)
 
     with tempfile.TemporaryDirectory(prefix="scaletot-ingest-") as scratch_dir:
         scratch = Path(scratch_dir)
@@ -539,24 +673,30 @@ def ingest(
             con.execute("SET TimeZone = 'UTC'")
             con.execute(f"SET temp_directory = {_lit(str(scratch / 'spill'))}")
             con.execute("SET preserve_insertion_order = true")
-            manifest = _ingest(con, scratch, profiles, events, out, schema, horizon_days, lo, hi,
-                               overwrite, chunk_size, taxonomy)
+            manifest = _ingest(con, scratch, profiles, events, labels, targets, out, schema,
+                               horizon_days, lo, hi, overwrite, chunk_size, taxonomy)
         finally:
             con.close()
     return manifest
 
 
-def _ingest(con: duckdb.DuckDBPyConnection, scratch: Path, profiles: Path, events: Path, out: Path,
+def _ingest(con: duckdb.DuckDBPyConnection, scratch: Path, profiles: Path, events: Path | None,
+            labels: Path | None, targets: list[LTVTarget] | None, out: Path,
             schema: ProfileSchema, horizon_days: int, lo: str, hi: str, overwrite: bool,
             chunk_size: int, taxonomy: Taxonomy) -> dict[str, Any]:
+    # 0. the labels file's columns against the config, before reading anything else
+    lb = _open(con, labels, "labels", "raw_labels") if labels is not None else None
+    outcomes, lb_ignored = _label_columns(con, lb, targets, schema) if lb else ([], [])
     pr = _open(con, profiles, "profiles", "raw_profiles")
-    ev = _open(con, events, "events", "raw_events")
+    ev = _open(con, events, "events", "raw_events") if events is not None else None
 
     # 1. columns present
     p_needed = [ID_COLUMN, TIMESTAMP_COLUMN] + [f.name for f in schema.fields if f.required]
     e_needed = [ID_COLUMN, EVENT_TIMESTAMP]
     problems = []
     for src, needed in ((pr, p_needed), (ev, e_needed)):
+        if src is None:
+            continue
         missing = [c for c in needed if c not in src.columns]
         if missing:
             first = _samples(con, src, "true", list(src.columns))
@@ -566,12 +706,16 @@ def _ingest(con: duckdb.DuckDBPyConnection, scratch: Path, profiles: Path, event
 
     p_known = [ID_COLUMN, TIMESTAMP_COLUMN] + schema.names
     e_known = [ID_COLUMN, EVENT_TIMESTAMP, EVENT_VALUE]
-    ignored = {"profiles": [c for c in pr.columns if c not in p_known],
-               "events": [c for c in ev.columns if c not in e_known]}
+    ignored = {"profiles": [c for c in pr.columns if c not in p_known]}
+    if ev is not None:
+        ignored["events"] = [c for c in ev.columns if c not in e_known]
+    if lb is not None:
+        ignored["labels"] = lb_ignored
     absent = [f.name for f in schema.fields if f.name not in pr.columns]
     for role, cols in ignored.items():
         if cols:
-            warnings.warn(f"{role} file: ignoring columns not in the profile schema: {cols}",
+            what = "the profile schema" if role != "labels" else "ltv.targets"
+            warnings.warn(f"{role} file: ignoring columns not in {what}: {cols}",
                           IngestWarning, stacklevel=3)
     if absent:
         warnings.warn(f"profiles file: optional fields {absent} have no column; they are missing "
@@ -580,16 +724,30 @@ def _ingest(con: duckdb.DuckDBPyConnection, scratch: Path, profiles: Path, event
     # 2. values, one scan per file
     p_plans = ([_id_plan(pr), _time_plan(pr, TIMESTAMP_COLUMN, TIMESTAMP_COLUMN, lo, hi)]
                + [_field_plan(pr, f) for f in schema.fields])
-    e_plans = [_id_plan(ev), _time_plan(ev, EVENT_TIMESTAMP, EVENT_TIMESTAMP, lo, hi)]
-    e_plans.append(_number_plan(ev, EVENT_VALUE, EVENT_VALUE, None) if EVENT_VALUE in ev.columns
-                   else _Plan(EVENT_VALUE, None, "NULL::DOUBLE"))
     p_shown = _shown_columns(pr, p_known)
-    e_shown = _shown_columns(ev, e_known)
-    _raise(_check(con, pr, p_plans, p_shown) + _check(con, ev, e_plans, e_shown))
+    problems = _check(con, pr, p_plans, p_shown)
+    if ev is not None:
+        e_plans = [_id_plan(ev), _time_plan(ev, EVENT_TIMESTAMP, EVENT_TIMESTAMP, lo, hi)]
+        e_plans.append(_number_plan(ev, EVENT_VALUE, EVENT_VALUE, None) if EVENT_VALUE in ev.columns
+                       else _Plan(EVENT_VALUE, None, "NULL::DOUBLE"))
+        e_shown = _shown_columns(ev, e_known)
+        problems += _check(con, ev, e_plans, e_shown)
+    if lb is not None:
+        l_plans = _label_plans(lb, outcomes, targets, lo, hi)
+        l_shown = _shown_columns(lb, [ID_COLUMN, LABEL_TIMESTAMP] + outcomes)
+        problems += _check(con, lb, l_plans, l_shown)
+    _raise(problems)
 
-    # 3. keys: unique ids in profiles, every event's user in profiles
-    _raise(_duplicates(con, pr, p_plans[0].parsed, p_shown)
-           + _orphans(con, ev, e_plans[0].parsed, pr, p_plans[0].parsed, e_shown))
+    # 3. keys: unique ids in profiles (and labels), every event's and label's user in profiles,
+    #    no label known before its profile
+    problems = _duplicates(con, pr, p_plans[0].parsed, p_shown)
+    if ev is not None:
+        problems += _orphans(con, ev, e_plans[0].parsed, pr, p_plans[0].parsed, e_shown)
+    if lb is not None:
+        problems += (_duplicates(con, lb, l_plans[0].parsed, l_shown)
+                     + _orphans(con, lb, l_plans[0].parsed, pr, p_plans[0].parsed, l_shown)
+                     + _labels_before_profiles(con, lb, l_plans, pr, p_plans, l_shown))
+    _raise(problems)
 
     # 4. write, atomically
     layout_schema = schema.arrow_schema()
@@ -597,10 +755,32 @@ def _ingest(con: duckdb.DuckDBPyConnection, scratch: Path, profiles: Path, event
         layout = DatasetLayout(tmp)
         pw = PartWriter(layout.profiles, layout_schema)
         _stream_parts(con, _select(p_plans, pr.view, ID_COLUMN), pw, chunk_size)
-        ew = PartWriter(layout.events, EVENTS_SCHEMA)
-        _stream_parts(con, _select(e_plans, ev.view, f"{ID_COLUMN}, {EVENT_TIMESTAMP}, {EVENT_VALUE} NULLS FIRST"),
-                      ew, chunk_size)
-        label_parts = _write_labels(con, layout, scratch, pw.rows, ew.rows, horizon_days, chunk_size)
+        parts = {"profiles": pw.parts}
+        n_events = 0
+        if ev is not None:
+            ew = PartWriter(layout.events, EVENTS_SCHEMA)
+            _stream_parts(con, _select(e_plans, ev.view,
+                                       f"{ID_COLUMN}, {EVENT_TIMESTAMP}, {EVENT_VALUE} NULLS FIRST"),
+                          ew, chunk_size)
+            parts["events"], n_events = ew.parts, ew.rows
+        if lb is None:
+            parts["labels"] = _write_labels(con, layout, scratch, pw.rows, n_events, horizon_days,
+                                            chunk_size)
+            label_info: dict[str, Any] = {"label_source": LABELS_FROM_EVENTS,
+                                          "label_names": list(label_names(horizon_days))}
+        else:
+            lw = _write_file_labels(con, layout, lb, l_plans, outcomes, horizon_days, chunk_size)
+            default_ts = f"{TIMESTAMP_COLUMN} + {horizon_days} days"
+            parts["labels"] = lw.parts
+            l_glob = _lit(str(layout.labels / "*.parquet"))
+            unknown = con.sql(f"SELECT {', '.join(f'count(*) - count({_q(c)})' for c in outcomes)} "
+                              f"FROM read_parquet({l_glob})").fetchall()[0]
+            label_info = {"label_source": LABELS_FROM_FILE, "label_names": outcomes,
+                          "labels": {"users": lw.rows,
+                                     "label_timestamp": (f"file (empty cells: {default_ts})"
+                                                         if LABEL_TIMESTAMP in lb.columns
+                                                         else default_ts),
+                                     "unknown_values": {c: int(u) for c, u in zip(outcomes, unknown)}}}
 
         p_glob = _lit(str(layout.profiles / "*.parquet"))
         rates_sql = ", ".join(f"avg(({_q(f.name)} IS NULL)::DOUBLE)" for f in schema.fields)
@@ -609,12 +789,12 @@ def _ingest(con: duckdb.DuckDBPyConnection, scratch: Path, profiles: Path, event
             "schema_version": SCHEMA_VERSION,
             "kind": "ingested",
             "users": pw.rows,
-            "events": ew.rows,
+            "events": n_events,
             "horizon_days": horizon_days,
-            "label_names": list(label_names(horizon_days)),
+            **label_info,
             "profile_schema": schema.model_dump(mode="json"),
             "taxonomy_fingerprint": taxonomy.fingerprint(),
-            "parts": {"profiles": pw.parts, "events": ew.parts, "labels": label_parts},
+            "parts": parts,
             "reference_null_rates": {f.name: round(float(r), 6) for f, r in zip(schema.fields, rates)},
             "reference_domains": {f.name: list(f.domain or ()) for f in schema.of_kind(FieldKind.categorical)},
             "ignored_columns": ignored,

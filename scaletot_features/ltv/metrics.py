@@ -221,26 +221,31 @@ def decile_mape(y_true: ArrayLike, y_pred: ArrayLike, buckets: int = 10) -> floa
 def summarize(y_true: ArrayLike, y_pred: ArrayLike, *,
               auc_threshold: float | None = None,
               auc_scores: ArrayLike | None = None,
+              with_auc: bool = True,
               buckets: int = 10) -> dict[str, Any]:
     """All metrics for one target on one slice, as a flat dict ready for a report table.
 
     AUC labels: ``y_true > 0`` (payer) when ``auc_threshold`` is None, else ``y_true >=
     auc_threshold`` (retained). AUC scores: ``auc_scores`` if given (e.g. the model's
-    p(positive), the natural score for "will pay"), else the point predictions.
+    p(positive), the natural score for "will pay"), else the point predictions. Without
+    ``with_auc`` there is no ``auc`` key: a target whose values are all positive (a lognormal
+    income) has no class to separate.
     """
     t, p = _pair(y_true, y_pred)
     labels = t > 0 if auc_threshold is None else t >= auc_threshold
-    scores = p if auc_scores is None else _vector(auc_scores, "auc_scores")
     table = decile_table(t, p, buckets)
     ape = table.ape[~np.isnan(table.ape)]
-    return {
+    out = {
         "n": int(t.size),
         "mean_true": float(t.mean()),
         "mean_pred": float(p.mean()),
         "positive_rate": float(labels.mean()),
         "gini": normalized_gini(t, p) if np.all(t >= 0) else float("nan"),
         "spearman": spearman(t, p),
-        "auc": auc(labels, scores),
         "decile_mape": float(ape.mean()) if ape.size else float("nan"),
         "deciles_zero_actual": int(np.count_nonzero(np.isnan(table.ape))),
     }
+    if with_auc:
+        scores = p if auc_scores is None else _vector(auc_scores, "auc_scores")
+        out["auc"] = auc(labels, scores)
+    return out

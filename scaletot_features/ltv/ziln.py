@@ -1,4 +1,8 @@
-"""Likelihood heads for the two LTV targets, both read from a 3-logit output layer.
+"""Likelihood heads for the LTV target kinds (``ltv.targets``), each read from a small logit layer.
+
+Three kinds, named as in the config: ``ziln`` (zero-inflated heavy-tailed value, 3 logits),
+``hurdle_count`` (a bounded count, 3 logits) and ``lognormal`` (a plain positive value such as
+income, 2 logits: the ZILN's lognormal part without its gate).
 
 ``revenue_30`` -- zero-inflated lognormal (ZILN), exactly as google/lifetime_value defines it
 (Wang, Liu, Miao 2019): logit 0 is p(revenue > 0), logit 1 the lognormal's mu, logit 2 its
@@ -16,6 +20,10 @@ ZILN meaning "p(k > 0)" (returned at all / paid at all), the positive part is a 
 truncated to 1..n, and the expectation stays in [0, n]. Logit 1 is the beta mean m (sigmoid),
 logit 2 the concentration phi (softplus + floor); a = m phi, b = (1 - m) phi. It is computed in
 float64: lgamma differences cancel badly in float32 when a or b is small.
+
+``lognormal`` -- a value that is always positive (nothing to gate): logit 0 is mu, logit 1 the
+sigma through the same softplus and floor, loss = -log LogNormal(y; mu, sigma), prediction the
+mean exp(mu + sigma^2 / 2). The ZILN is this plus the gate, and shares its code.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ __all__ = [
     "count_pmf",
     "count_predict",
     "count_tail_prob",
+    "lognormal_loss",
+    "lognormal_predict",
     "positive_prob",
     "ziln_loss",
     "ziln_predict",
@@ -43,9 +53,10 @@ _CONC_FLOOR = 1e-3  # keeps the beta concentration strictly positive
 _LOG_HALF = -math.log(2.0)
 
 
-def _check_logits(logits: torch.Tensor) -> None:
-    if logits.ndim < 1 or logits.shape[-1] != 3:
-        raise ValueError(f"logits must have a last dimension of 3, got shape {tuple(logits.shape)}")
+def _check_logits(logits: torch.Tensor, width: int = 3) -> None:
+    if logits.ndim < 1 or logits.shape[-1] != width:
+        raise ValueError(f"logits must have a last dimension of {width}, got shape "
+                         f"{tuple(logits.shape)}")
 
 
 def _labels_like(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -80,32 +91,60 @@ def positive_prob(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits[..., 0])
 
 
-def _ziln_scale(logits: torch.Tensor) -> torch.Tensor:
-    return torch.clamp(F.softplus(logits[..., 2]), min=SCALE_FLOOR)
+def _scale(raw: torch.Tensor) -> torch.Tensor:
+    """The lognormal's sigma: softplus with google/lifetime_value's floor."""
+    return torch.clamp(F.softplus(raw), min=SCALE_FLOOR)
+
+
+def _lognormal_log_prob(y: torch.Tensor, loc: torch.Tensor, raw_scale: torch.Tensor) -> torch.Tensor:
+    """log LogNormal(y; loc, sigma), evaluated at 1 where y <= 0 (callers mask those out), so
+    no log(0) ever enters the graph."""
+    scale = _scale(raw_scale)
+    log_y = torch.log(torch.where(y > 0, y, torch.ones_like(y)))
+    return -log_y - torch.log(scale) - _HALF_LOG_2PI - 0.5 * ((log_y - loc) / scale) ** 2
+
+
+def _lognormal_mean(loc: torch.Tensor, raw_scale: torch.Tensor) -> torch.Tensor:
+    scale = _scale(raw_scale)
+    return torch.exp(loc + 0.5 * scale * scale)
 
 
 def ziln_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Zero-inflated lognormal negative log-likelihood (google/lifetime_value's loss).
 
-    Per example: BCE(logit_0, y > 0) - 1[y > 0] * log LogNormal(y; mu, sigma). The lognormal
-    term is evaluated at 1 for zero labels (then masked), so no log(0) ever enters the graph.
+    Per example: BCE(logit_0, y > 0) - 1[y > 0] * log LogNormal(y; mu, sigma).
     """
     _check_logits(logits)
     y = _labels_like(labels, logits)
     positive = (y > 0).to(logits.dtype)
     classification = F.binary_cross_entropy_with_logits(logits[..., 0], positive, reduction="none")
-    loc = logits[..., 1]
-    scale = _ziln_scale(logits)
-    log_y = torch.log(torch.where(y > 0, y, torch.ones_like(y)))
-    log_prob = -log_y - torch.log(scale) - _HALF_LOG_2PI - 0.5 * ((log_y - loc) / scale) ** 2
+    log_prob = _lognormal_log_prob(y, logits[..., 1], logits[..., 2])
     return _reduce(classification - positive * log_prob, reduction)
 
 
 def ziln_predict(logits: torch.Tensor) -> torch.Tensor:
     """Expected value p * exp(mu + sigma^2 / 2) (sigma floored as in the loss)."""
     _check_logits(logits)
-    scale = _ziln_scale(logits)
-    return torch.sigmoid(logits[..., 0]) * torch.exp(logits[..., 1] + 0.5 * scale * scale)
+    return torch.sigmoid(logits[..., 0]) * _lognormal_mean(logits[..., 1], logits[..., 2])
+
+
+def lognormal_loss(logits: torch.Tensor, labels: torch.Tensor,
+                   reduction: str = "mean") -> torch.Tensor:
+    """Lognormal negative log-likelihood of a positive value; logits (..., 2) = (mu, raw sigma).
+
+    A zero or negative label is refused: a lognormal puts no mass there (use ``ziln``)."""
+    _check_logits(logits, 2)
+    y = _labels_like(labels, logits)
+    if bool((y <= 0).any()):
+        raise ValueError("lognormal labels must be positive (a value that can be 0 is a ziln "
+                         "target)")
+    return _reduce(-_lognormal_log_prob(y, logits[..., 0], logits[..., 1]), reduction)
+
+
+def lognormal_predict(logits: torch.Tensor) -> torch.Tensor:
+    """The lognormal mean exp(mu + sigma^2 / 2) (sigma floored as in the loss)."""
+    _check_logits(logits, 2)
+    return _lognormal_mean(logits[..., 0], logits[..., 1])
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:

@@ -19,20 +19,23 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, RequestSource
 from feast.data_format import ParquetFormat
 from feast.on_demand_feature_view import OnDemandFeatureView
-from feast.types import Array, Float32, Float64, Int32, Int64, String
+from feast.types import Array, Bool, Float32, Float64, Int32, Int64, String
 from feast.value_type import ValueType
 
 from scaletot_features.dataset import (
     EMBEDDING,
+    LABEL_TIMESTAMP,
     PART_GLOB,
     DatasetLayout,
     FeastLayout,
     demo_data_dir,
     encoder_manifest,
+    label_source,
     live_column,
     state_columns,
     state_types,
@@ -46,6 +49,9 @@ REQUEST_PREFIX = "profile_"
 KIND_TYPES = {"categorical": String, "numeric": Float64, "text": String, "tags": Array(String)}
 STATE_FIELD_TYPES = (String, Float64, Array(Float64))
 """Per state type, the Feast types of its columns: value, probability, distribution."""
+LABEL_TYPES = {pa.int32(): Int32, pa.int64(): Int64, pa.float32(): Float32,
+               pa.float64(): Float64, pa.bool_(): Bool}
+"""Arrow type of a label column -> its Feast type (labels are numbers: counts, values)."""
 
 
 class DefinitionsError(FileNotFoundError):
@@ -102,6 +108,28 @@ def reasoning_layout(table: Path) -> tuple[list[str], int] | None:
     return types, dim
 
 
+def label_fields(labels: Path, names: list[str]) -> list[Field]:
+    """A Feast field per label column the manifest lists, typed as the labels table stores it.
+
+    Event-derived labels are ``lt{H}`` (int32) and ``revenue_{H}`` (float64); a labels file's
+    outcomes are float64. A listed column the table lacks, or of a type no label has, is refused
+    here rather than left for a training frame to miss."""
+    parts = sorted(labels.glob(PART_GLOB))
+    if not parts:
+        raise DefinitionsError(f"{labels} holds no label parts: ingest or generate again")
+    schema = pq.read_schema(parts[0])
+    fields = []
+    for name in names:
+        if name not in schema.names:
+            raise DefinitionsError(f"the manifest lists label {name!r}, but {labels} has only "
+                                   f"{schema.names}")
+        arrow = schema.field(name).type
+        if arrow not in LABEL_TYPES:
+            raise DefinitionsError(f"label {name!r} in {labels} is {arrow}; labels are numbers")
+        fields.append(Field(name=name, dtype=LABEL_TYPES[arrow]))
+    return fields
+
+
 def udf_source(encoder_dir: Path) -> str:
     """The on-demand view's UDF as text.
 
@@ -136,24 +164,24 @@ def define(data_dir: Path | str, *, encoder_dir: Path | None = None,
                   description="A user of the app (low-activity users included).")
     profiles_source = _source("profiles_source", layout.profiles, "event_timestamp",
                               "Sparse static profiles (one snapshot per user).")
-    labels_source = _source("labels_source", layout.labels, "label_timestamp",
-                            "LTV labels, stamped when they become known (first_seen + horizon).")
+    labels_source = _source("labels_source", layout.labels, LABEL_TIMESTAMP,
+                            "LTV labels, stamped when they become known (first_seen + horizon, "
+                            "or the labels file's label_timestamp).")
     user_profile = FeatureView(
         name="user_profile", entities=[user], ttl=timedelta(0),
         schema=[Field(name="user_id", dtype=Int64)]
         + [Field(name=n, dtype=KIND_TYPES[k]) for n, k in profile_fields],
         source=profiles_source, online=True,
         description="Static profile fields; missing stays null.", tags={"stage": "profile"})
-    active, revenue = manifest["label_names"]
     ltv_labels = FeatureView(
         name="ltv_labels", entities=[user], ttl=timedelta(0),
-        schema=[Field(name="user_id", dtype=Int64), Field(name=active, dtype=Int32),
-                Field(name=revenue, dtype=Float64)],
+        schema=[Field(name="user_id", dtype=Int64)]
+        + label_fields(layout.labels, list(manifest["label_names"])),
         source=labels_source,
         online=False,  # labels are for training; never served
-        description=f"Training labels at a {manifest['horizon_days']}-day horizon; join on "
+        description=f"Training labels ({', '.join(manifest['label_names'])}); join on "
                     "label_timestamp so a label is only seen once it is known.",
-        tags={"stage": "labels"})
+        tags={"stage": "labels", "source": label_source(manifest)})
     ltv_profile_only = FeatureService(name="ltv_profile_only", features=[user_profile],
                                       description="LTV model inputs (A): profile fields only.")
     out.update(user=user, user_profile=user_profile, ltv_labels=ltv_labels,
