@@ -110,8 +110,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     users = sorted({u for ids in sample.values() for u in ids})
-    run_inference(data, base, user_ids=users, out_dir=work / "student", progress=False)
-    student = {r["user_id"]: r for r in read_table(work / "student").to_pylist() if r["valid"]}
+    run_inference(data, base, user_ids=users, out_dir=work / "reasoning_sample", progress=False)
+    student = {r["user_id"]: r for r in read_table(work / "reasoning_sample").to_pylist() if r["valid"]}
     student_seconds = time.perf_counter() - t0
 
     result: dict[str, Any] = {"data": str(data), "groups": {g: len(v) for g, v in groups.items()},
