@@ -18,7 +18,9 @@ definitions and the benchmarks ask it for a path or a schema instead of spelling
                                 registry.db, online_store.db, lookalike/, training/
       eval/                     results.json, predictions.parquet, report.md, plots, frame.*,
                                 reasoning/chunk-*/ (chains/, summary.json),
-                                sweep/users-*/ (targets.parquet, encoder/, features/)
+                                sweep/users-*/ (targets.parquet, encoder/, features/),
+                                stage-teacher/ (encoder/, features/),
+                                stage-sft/ (chains/, encoder/, features/)
       bench/<name>/             benchmarks that work on a dataset
 
 A table is a folder of ``part-00000.parquet``, ``part-00001.parquet``, ... (:func:`part_file`);
@@ -267,6 +269,31 @@ def users_point(root: Path | str, users: int) -> UsersPoint:
     return UsersPoint(Path(root) / f"users-{users:07d}")
 
 
+STAGE_ROWS = ("teacher", "sft")
+"""The evaluation's stage ablations: an encoder distilled from the teacher's chains (no student),
+and one from the SFT student's chains (no OSIPO)."""
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """A stage ablation's own encoder: the chains it learns from when it writes them (the SFT
+    student's), the encoder, and the features it writes for every user."""
+
+    root: Path
+
+    @property
+    def chains(self) -> Path:
+        return self.root / "chains"
+
+    @property
+    def encoder(self) -> Path:
+        return self.root / ENCODER
+
+    @property
+    def features(self) -> Path:
+        return self.root / FEATURES
+
+
 @dataclass(frozen=True)
 class EvalLayout:
     """``DIR/eval``: the LTV comparison's frame, caches, results and report."""
@@ -321,6 +348,12 @@ class EvalLayout:
 
     def sweep_point(self, users: int) -> UsersPoint:
         return users_point(self.sweep, users)
+
+    def stage_row(self, stage: str) -> StageRow:
+        """``stage-teacher`` or ``stage-sft`` (:data:`STAGE_ROWS`)."""
+        if stage not in STAGE_ROWS:
+            raise ValueError(f"no stage row {stage!r} (one of {STAGE_ROWS})")
+        return StageRow(self.root / f"stage-{stage}")
 
 
 @dataclass(frozen=True)
