@@ -30,7 +30,7 @@ mean over types of the cross-entropy against the teacher's distribution ``T_prob
 (``hard``: the node's argmax, except where the search branched and kept another value), with no
 regression term. The embedding is then defined after training as the same kind of fixed map,
 applied to the encoder's own penultimate features (the trunk's last hidden layer, shaped only
-by the typed states): standardise, PCA to ``dim`` on the training users, one scale to unit mean
+by the typed states): centre, PCA to ``dim`` on the training users, one scale to unit mean
 square, written into the embedding head's weights (so the artifact and everything that reads it
 are unchanged); components beyond the trunk's width are zero. The manifest says
 ``provenance: teacher`` and ``embedding.kind: trunk_pca``.
@@ -263,21 +263,22 @@ def _soft_targets(table: pa.Table, taxonomy: Taxonomy) -> np.ndarray:
 # --------------------------------------------------------------------------- projection
 
 
-def fit_projection(reps: np.ndarray, dim: int, seed: int,
-                   pad: bool = False) -> tuple[dict[str, torch.Tensor], int]:
+def fit_projection(reps: np.ndarray, dim: int, seed: int, pad: bool = False,
+                   standardise: bool = True) -> tuple[dict[str, torch.Tensor], int]:
     """The fixed target map (standardise, PCA to ``dim`` completed at random, one scale) and
     the number of PCA components in it. ``pad``: a ``dim`` wider than the input is allowed, the
     components beyond the input's width are zero (they carry nothing; the encoder's own
-    features when the embedding is defined on them)."""
+    features when the embedding is defined on them). ``standardise`` False: centre only (ReLU
+    features: a unit nearly dead on the training users would be blown up by its tiny std)."""
     if pad and dim > reps.shape[1]:
-        inner, k = fit_projection(reps, reps.shape[1], seed)
+        inner, k = fit_projection(reps, reps.shape[1], seed, standardise=standardise)
         h = reps.shape[1]
         inner["components"] = torch.cat([inner["components"], torch.zeros(h, dim - h)], dim=1)
         inner["scale"] = inner["scale"] * float(np.sqrt(dim / h))  # unit mean square over dim
         return inner, k
     reps = reps.astype(np.float64)
     mean = reps.mean(axis=0)
-    std = reps.std(axis=0)
+    std = reps.std(axis=0) if standardise else np.ones(reps.shape[1])
     std = np.where(std > 1e-6, std, 1.0)
     z = (reps - mean) / std
     h = z.shape[1]
@@ -318,11 +319,11 @@ def project(reps: np.ndarray, p: dict[str, torch.Tensor]) -> np.ndarray:
 def fit_embedding_head(net: ProfileEncoderNet, featurizer: Featurizer, train: pa.Table,
                        seed: int) -> dict[str, Any]:
     """Make the embedding head the fixed PCA map of the trunk's features on ``train`` (used
-    when there is no representation to regress): ``emb = ((h - mean) / std) @ C / scale``
-    written as the head's weight and bias. Returns what the manifest records about it."""
+    when there is no representation to regress): ``emb = (h - mean) @ C / scale`` written as
+    the head's weight and bias. Returns what the manifest records about it."""
     net.eval()
     h = net.trunk(net.field_vector(featurizer.transform(train))).double().numpy()
-    p, k = fit_projection(h, net.shape.dim, seed, pad=True)
+    p, k = fit_projection(h, net.shape.dim, seed, pad=True, standardise=False)
     q = {name: v.double() for name, v in p.items()}
     weight = (q["components"] / (q["std"][:, None] * q["scale"])).T
     bias = -(q["mean"] / q["std"]) @ q["components"] / q["scale"]
@@ -330,7 +331,7 @@ def fit_embedding_head(net: ProfileEncoderNet, featurizer: Featurizer, train: pa
     net.embedding_head.bias.copy_(bias.float())
     return {"kind": "trunk_pca", "fitted_on": "train split",
             "description": "no representation to regress: the encoder's penultimate features "
-                           "(trunk output, width hidden), standardised, PCA to dim on the "
+                           "(trunk output, width hidden), centred, PCA to dim on the "
                            "training users, scaled to unit mean square; components beyond "
                            "the width are zero",
             "pca_components": k, "width": int(h.shape[1]), "dim": net.shape.dim}
