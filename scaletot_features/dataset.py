@@ -246,14 +246,10 @@ class ReasoningChunk:
 
 
 @dataclass(frozen=True)
-class UsersPoint:
-    """An encoder distilled on some users' targets, and the features it writes for everyone."""
+class EncoderPoint:
+    """An encoder distilled for an evaluation row, and the features it writes for everyone."""
 
     root: Path
-
-    @property
-    def targets(self) -> Path:
-        return self.root / "targets.parquet"
 
     @property
     def encoder(self) -> Path:
@@ -262,6 +258,15 @@ class UsersPoint:
     @property
     def features(self) -> Path:
         return self.root / FEATURES
+
+
+@dataclass(frozen=True)
+class UsersPoint(EncoderPoint):
+    """A sweep point: an encoder distilled on some users' targets (and its features)."""
+
+    @property
+    def targets(self) -> Path:
+        return self.root / "targets.parquet"
 
 
 def users_point(root: Path | str, users: int) -> UsersPoint:
@@ -275,23 +280,13 @@ and one from the SFT student's chains (no OSIPO)."""
 
 
 @dataclass(frozen=True)
-class StageRow:
-    """A stage ablation's own encoder: the chains it learns from when it writes them (the SFT
-    student's), the encoder, and the features it writes for every user."""
-
-    root: Path
+class StageRow(EncoderPoint):
+    """A stage ablation's own encoder (and its features), and the chains it learns from when it
+    writes them (the SFT student's)."""
 
     @property
     def chains(self) -> Path:
         return self.root / "chains"
-
-    @property
-    def encoder(self) -> Path:
-        return self.root / ENCODER
-
-    @property
-    def features(self) -> Path:
-        return self.root / FEATURES
 
 
 @dataclass(frozen=True)

@@ -171,14 +171,26 @@ def _profiles_for(profiles: Path, user_ids: pa.ChunkedArray | pa.Array,
     return pa.concat_tables(kept).sort_by(ID_COLUMN)
 
 
+def _read_targets(path: Path, absent: str) -> pa.Table:
+    """The table at ``path``, or :class:`TargetsError` saying ``absent``."""
+    try:
+        return read_table(path)
+    except FileNotFoundError:
+        raise TargetsError(absent) from None
+
+
+def _distinct(table: pa.Table, column: str) -> list[str]:
+    """The sorted distinct non-null values of ``column`` (none when the table lacks it)."""
+    if column not in table.column_names:
+        return []
+    return sorted(set(table.column(column).drop_null().to_pylist()))
+
+
 def load_targets(path: Path, taxonomy: Taxonomy) -> tuple[pa.Table, dict[str, Any]]:
     """The usable target rows (valid, with a representation), sorted by user id, and facts."""
     path = Path(path)
-    try:
-        table = read_table(path)
-    except FileNotFoundError:
-        raise TargetsError(f"no target table at {path}: run the student stage first, or pass a "
-                           "table of chains with representations") from None
+    table = _read_targets(path, f"no target table at {path}: run the student stage first, or "
+                          "pass a table of chains with representations")
     need = [ID_COLUMN, "representation"] + taxonomy.type_names
     missing = [c for c in need if c not in table.column_names]
     if missing:
@@ -196,10 +208,7 @@ def load_targets(path: Path, taxonomy: Taxonomy) -> tuple[pa.Table, dict[str, An
     lengths = pc.unique(pc.list_value_length(table.column("representation"))).to_pylist()
     if len(lengths) != 1:
         raise TargetsError(f"representations in {path} have different lengths {lengths}")
-    provenance = (sorted(set(table.column("provenance").drop_null().to_pylist()))
-                  if "provenance" in table.column_names else [])
-    model_ids = (sorted(set(table.column("model_id").drop_null().to_pylist()))
-                 if "model_id" in table.column_names else [])
+    provenance, model_ids = _distinct(table, "provenance"), _distinct(table, "model_id")
     info = {"path": str(path), "rows": rows_in, "usable_rows": table.num_rows,
             "representation_dim": lengths[0],
             "provenance": provenance or ["student" if STUDENT in path.parts else "unknown"],
@@ -211,11 +220,8 @@ def load_teacher_targets(path: Path, taxonomy: Taxonomy) -> tuple[pa.Table, dict
     """The teacher's chains as targets: per type the committed value and the distribution
     (checked against the taxonomy's value count), sorted by user id, and facts."""
     path = Path(path)
-    try:
-        table = read_table(path)
-    except FileNotFoundError:
-        raise TargetsError(f"no teacher chains at {path}: run `scaletot teach` on this dataset "
-                           "first") from None
+    table = _read_targets(path, f"no teacher chains at {path}: run `scaletot teach` on this "
+                          "dataset first")
     need = [ID_COLUMN] + [c for t in taxonomy.type_names
                           for c in (value_column(t), probs_column(t))]
     missing = [c for c in need if c not in table.column_names]
@@ -232,10 +238,7 @@ def load_teacher_targets(path: Path, taxonomy: Taxonomy) -> tuple[pa.Table, dict
         if bad:
             raise TargetsError(f"{probs_column(t.name)} in {path} has lengths {sorted(bad)}; the "
                                f"taxonomy gives {t.name!r} {len(t.value_names)} values")
-    provenance = (sorted(set(table.column("provenance").drop_null().to_pylist()))
-                  if "provenance" in table.column_names else [])
-    model_ids = (sorted(set(table.column("model_id").drop_null().to_pylist()))
-                 if "model_id" in table.column_names else [])
+    provenance, model_ids = _distinct(table, "provenance"), _distinct(table, "model_id")
     info = {"path": str(path), "rows": table.num_rows, "usable_rows": table.num_rows,
             "representation_dim": None, "provenance": provenance or ["teacher"],
             "model_ids": model_ids}
