@@ -187,6 +187,9 @@ class EncoderConfig(_Section):
                                     description="covered users held out for fidelity, when the "
                                                 "student wrote no split")
     regression_weight: float = Field(1.0, ge=0, description="loss = w * MSE + mean CE")
+    teacher_targets: Literal["soft", "hard"] = Field(
+        "soft", description="distil --from teacher: cross-entropy against the teacher's full "
+        "distribution (soft) or its chain's committed value (hard)")
     weight_decay: float = Field(1e-4, ge=0)
     dropout: float = Field(0.1, ge=0, lt=1)
     ray_address: str | None = Field(None, description="None = local Ray")
@@ -280,6 +283,9 @@ class LTVConfig(_Section):
         1.0, gt=0, le=1, description="(D) fraction of the population given LLM reasoning; below "
         "1 the upper bound is compared on that sample only")
     reasoning_chunk: int = Field(128, ge=1, description="users per checkpointed inference chunk")
+    stage_rows: bool = Field(True, description="add C-teacher (encoder distilled from the "
+                             "teacher's chains, no student) and C-SFT (from the SFT student, no "
+                             "OSIPO) to the main table, where their inputs exist")
     oracle: bool = Field(True, description="add the latent-truth reference row when the data "
                          "has DIR/latent (synthetic data only; not a method)")
     torch_threads: int | None = Field(1, ge=1, description="torch threads for the small LTV nets")

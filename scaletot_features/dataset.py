@@ -19,7 +19,9 @@ definitions and the benchmarks ask it for a path or a schema instead of spelling
                                 registry.db, online_store.db, lookalike/, training/
       eval/                     results.json, predictions.parquet, report.md, plots, frame.*,
                                 reasoning/chunk-*/ (chains/, summary.json),
-                                sweep/users-*/ (targets.parquet, encoder/, features/)
+                                sweep/users-*/ (targets.parquet, encoder/, features/),
+                                stage-teacher/ (encoder/, features/),
+                                stage-sft/ (chains/, encoder/, features/)
       bench/<name>/             benchmarks that work on a dataset
 
 A table is a folder of ``part-00000.parquet``, ``part-00001.parquet``, ... (:func:`part_file`);
@@ -252,14 +254,10 @@ class ReasoningChunk:
 
 
 @dataclass(frozen=True)
-class UsersPoint:
-    """An encoder distilled on some users' targets, and the features it writes for everyone."""
+class EncoderPoint:
+    """An encoder distilled for an evaluation row, and the features it writes for everyone."""
 
     root: Path
-
-    @property
-    def targets(self) -> Path:
-        return self.root / "targets.parquet"
 
     @property
     def encoder(self) -> Path:
@@ -270,9 +268,33 @@ class UsersPoint:
         return self.root / FEATURES
 
 
+@dataclass(frozen=True)
+class UsersPoint(EncoderPoint):
+    """A sweep point: an encoder distilled on some users' targets (and its features)."""
+
+    @property
+    def targets(self) -> Path:
+        return self.root / "targets.parquet"
+
+
 def users_point(root: Path | str, users: int) -> UsersPoint:
     """The point for ``users`` users under ``root`` (``users-0000120``)."""
     return UsersPoint(Path(root) / f"users-{users:07d}")
+
+
+STAGE_ROWS = ("teacher", "sft")
+"""The evaluation's stage ablations: an encoder distilled from the teacher's chains (no student),
+and one from the SFT student's chains (no OSIPO)."""
+
+
+@dataclass(frozen=True)
+class StageRow(EncoderPoint):
+    """A stage ablation's own encoder (and its features), and the chains it learns from when it
+    writes them (the SFT student's)."""
+
+    @property
+    def chains(self) -> Path:
+        return self.root / "chains"
 
 
 @dataclass(frozen=True)
@@ -329,6 +351,12 @@ class EvalLayout:
 
     def sweep_point(self, users: int) -> UsersPoint:
         return users_point(self.sweep, users)
+
+    def stage_row(self, stage: str) -> StageRow:
+        """``stage-teacher`` or ``stage-sft`` (:data:`STAGE_ROWS`)."""
+        if stage not in STAGE_ROWS:
+            raise ValueError(f"no stage row {stage!r} (one of {STAGE_ROWS})")
+        return StageRow(self.root / f"stage-{stage}")
 
 
 @dataclass(frozen=True)

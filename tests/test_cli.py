@@ -51,6 +51,13 @@ def test_validate_refuses_a_non_dataset(tmp_path):
     assert r.returncode == 2 and "manifest.json" in r.stderr
 
 
+def test_distill_from_the_teacher_refuses_a_dataset_without_teacher_chains(tiny_population):
+    r = scaletot("distill", str(tiny_population), "--from", "teacher", "--preset", "tiny")
+    assert r.returncode == 2 and "no teacher chains" in r.stderr and "teach" in r.stderr
+    bad = scaletot("distill", str(tiny_population), "--from", "oracle", "--preset", "tiny")
+    assert bad.returncode == 2 and "--from" in bad.stderr
+
+
 def test_demo_on_the_tiny_preset_runs_and_reruns_quickly(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("preset: tiny\nteacher: {model: tiny-random}\n")
@@ -64,13 +71,30 @@ def test_demo_on_the_tiny_preset_runs_and_reruns_quickly(tmp_path):
         assert (ev / name).stat().st_size > 0, name
     results = json.loads((ev / "results.json").read_text())
     sets = {(r["block"], r["set"]) for r in results["summary"]}
-    assert {("main", k) for k in ("A", "A-gbdt", "B", "C", "oracle")} <= sets
+    assert {("main", k) for k in ("A", "A-gbdt", "B", "C-teacher", "C-SFT", "C", "oracle")} <= sets
+    # the stage ablations: finite metrics, and each its own cost (the teacher's 24 users; C-SFT
+    # also the SFT student's training and its inference on the covered users)
+    rows = {r["set"]: r for r in results["summary"] if r["block"] == "main"}
+    for key in ("C-teacher", "C-SFT"):
+        for m in ("all.revenue.gini", "all.active.gini", "all.revenue.auc", "all.active.auc"):
+            assert math.isfinite(rows[key][m]), (key, m)
+        cost = results["costs"][key]
+        assert cost["teacher_users"] == 24 and cost["teacher_seconds"] > 0
+        assert 0 < cost["encoder_seconds"] < 120
+    assert results["costs"]["C-teacher"]["student_users"] == 0
+    sft = results["costs"]["C-SFT"]
+    assert sft["student_users"] == 24 and sft["student_seconds"] > 0
+    assert 0 < sft["student_training_seconds"] < results["costs"]["C"]["student_training_seconds"]
     assert {("upper_bound", k) for k in ("A", "A-gbdt", "C", "D")} <= sets  # D on its sample
     assert {k for b, k in sets if b == "sweep"} == {"C@12", "C@24", "C@48"}
     assert results["costs"]["D"]["student_users"] == results["upper_bound_users"] == 100
     assert results["costs"]["C@48"]["student_users"] == 48
     md = (ev / "report.md").read_text()
     assert "A: profile only" in md and "## Cost of each feature set" in md
+    assert "C-teacher: + encoder from the teacher" in md and "Stage ablations" in md
+    stages = {p: p.stat().st_mtime_ns for k in ("teacher", "sft")
+              for p in (ev / f"stage-{k}").rglob("*")}
+    assert any(p.name == "model.safetensors" for p in stages)
     # every student-reasoned user has a chain, the covered ones from the student stage
     chunks = sorted((ev / "reasoning").glob("chunk-*/chains"))
     assert sum(pq.read_metadata(p).num_rows for c in chunks for p in c.glob("*.parquet")) == 100 - 24
@@ -87,9 +111,12 @@ def test_demo_on_the_tiny_preset_runs_and_reruns_quickly(tmp_path):
     assert r3.returncode == 0, r3.stdout + r3.stderr
     results = json.loads((ev / "results.json").read_text())
     main = [r["set"] for r in results["summary"] if r["block"] == "main"]
-    assert main[:5] == ["A", "A-gbdt", "B", "C", "D"] and "upper_bound" not in {r["block"] for r in results["summary"]}
+    assert main[:7] == ["A", "A-gbdt", "B", "C-teacher", "C-SFT", "C", "D"]
+    assert "upper_bound" not in {r["block"] for r in results["summary"]}
     assert results["costs"]["D"]["student_users"] == results["users"] == 2000
     assert first_chunk.stat().st_mtime == stamp
+    # the stage rows' chains, encoders and features are reused, not redone
+    assert {p: p.stat().st_mtime_ns for p in stages} == stages
     assert "D: + LLM reasoning, every user" in r3.stdout
 
 

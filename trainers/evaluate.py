@@ -19,7 +19,9 @@ Read top to bottom:
    all-MiniLM-L6-v2 embedding of the profile text; (C) A + the encoder's embedding and
    typed-state distributions from Feast; (D) A + the student LLM's own reasoning (its chain's
    typed states and its representation, through the encoder's fixed projection) for every user;
-   and, on synthetic data, a reference row with the true latent states (headroom, not a method).
+   the stage ablations C-teacher (encoder from the teacher's chains, no student) and C-SFT (from
+   the SFT student, no OSIPO), ``trainers/stage_rows.py``; and, on synthetic data, a reference
+   row with the true latent states (headroom, not a method).
 4. **The coverage sweep.** The student LLM reasons about more (or fewer) users; the encoder is
    distilled on them and embeds everyone; C is refitted. Users are taken in one order (covered
    users first, then a hashed order of the rest), so every point's users include the smaller
@@ -746,6 +748,11 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
                       "compared (run teach, train-student, distill and embed for C and D)[/]")
     else:
         sets.append(reasoning.c)
+    if cfg.stage_rows:  # C-teacher, C-SFT before C: what each LLM stage adds
+        from trainers.stage_rows import stage_sets
+
+        at = sets.index(reasoning.c) if reasoning is not None else len(sets)
+        sets[at:at] = stage_sets(data_dir, settings, ids, covered, console, progress)
     if cfg.oracle:
         oracle = oracle_matrix(data_dir, frame, taxonomy)
         if oracle is not None:

@@ -249,6 +249,21 @@ def plot_coverage(results: dict[str, Any], out: Path) -> Path | None:
     return path
 
 
+STAGE_ROWS = {"C-teacher": "an encoder distilled straight from the teacher's typed-state "
+                            "distributions (no student)",
+              "C-SFT": "one distilled from the SFT student's chains (no OSIPO)"}
+
+
+def stage_note(results: dict[str, Any]) -> list[str]:
+    """What the stage-ablation rows are, when the main table has them (else nothing)."""
+    present = [k for k in STAGE_ROWS if any(r["set"] == k and r["block"] == "main"
+                                            for r in results["summary"])]
+    if not present:
+        return []
+    return ["Stage ablations: " + "; ".join(f"{k} is A + {STAGE_ROWS[k]}" for k in present)
+            + ". Against C (teacher, SFT and OSIPO) they show what each LLM stage adds.", ""]
+
+
 def write_report(results: dict[str, Any], predictions: Path, out: Path) -> Path:
     """Write ``out/report.md`` with its PNGs (``out``: an eval folder, ``dataset.EvalLayout``);
     returns the Markdown's path."""
@@ -271,6 +286,7 @@ def write_report(results: dict[str, Any], predictions: Path, out: Path) -> Path:
         "",
         comparison_markdown(results),
         "",
+        *stage_note(results),
         "## Uplift over the best profile-only row, paired by seed",
         "",
         base_note(results),

@@ -239,20 +239,30 @@ def train_student(
 @app.command()
 def distill(
     data_dir: Path = typer.Argument(..., help="Dataset directory with student (or teacher) chains."),
-    targets: Optional[Path] = typer.Option(None, "--targets", help="Target table (default: DIR/student/chains)."),
+    source: str = typer.Option(
+        "student", "--from", help="student: its representations and typed states (default); "
+        "teacher: the teacher's typed-state distributions only, no student."),
+    targets: Optional[Path] = typer.Option(
+        None, "--targets", help="Target table (default: DIR/student/chains, or DIR/teacher/chains "
+        "with --from teacher)."),
     config: Optional[Path] = ConfigOpt,
     preset: Optional[str] = PresetOpt,
 ) -> None:
-    """Distil the student's representations and typed states into the profile encoder."""
-    from trainers.distill_encoder import TargetsError, distill_encoder
+    """Distil the student's representations and typed states (or, --from teacher, the teacher's
+    typed-state distributions) into the profile encoder: DIR/encoder."""
+    from trainers.distill_encoder import SOURCES, TargetsError, distill_encoder
 
+    if source not in SOURCES:
+        _fail(f"--from: {source!r} is not one of {', '.join(SOURCES)}")
+    s = _settings(config, preset)
+    _require_dataset(data_dir)
     try:
-        report = distill_encoder(data_dir, _settings(config, preset), targets=targets)
+        report = distill_encoder(data_dir, s, targets=targets, source=source)
     except TargetsError as e:
         _fail(str(e))
     test = report["metrics"].get("test", {})
-    console.print(f"encoder {report['model_version']} trained on {report['users']} users "
-                  f"(best epoch {report['best_epoch']}); held-out: {test}")
+    console.print(f"encoder {report['model_version']} trained from the {source} on "
+                  f"{report['users']} users (best epoch {report['best_epoch']}); held-out: {test}")
 
 
 @app.command()
