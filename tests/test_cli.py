@@ -58,6 +58,20 @@ def test_distill_from_the_teacher_refuses_a_dataset_without_teacher_chains(tiny_
     assert bad.returncode == 2 and "--from" in bad.stderr
 
 
+def test_a_teacher_only_pipeline_distils_embeds_and_evaluates(population_copy):
+    data = str(population_copy)
+    assert scaletot("teach", data, "--preset", "tiny", "--model", "tiny-random").returncode == 0
+    r = scaletot("distill", data, "--from", "teacher", "--preset", "tiny")
+    assert r.returncode == 0 and "trained from the teacher on 24 users" in r.stderr, r.stderr
+    assert scaletot("embed", data, "--preset", "tiny").returncode == 0
+    r = scaletot("evaluate", data, "--preset", "tiny")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "DIR/encoder was distilled from the teacher" in r.stderr
+    results = json.loads((population_copy / "eval" / "results.json").read_text())
+    assert [x["set"] for x in results["summary"]] == ["A", "A-gbdt", "B", "C-teacher", "oracle"]
+    assert math.isfinite(results["summary"][3]["all.revenue.gini"])
+
+
 def test_demo_on_the_tiny_preset_runs_and_reruns_quickly(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("preset: tiny\nteacher: {model: tiny-random}\n")

@@ -741,9 +741,15 @@ def evaluate(data_dir: Path | str, settings: Settings, console: Console | None =
         sets.append(FeatureSet("B", "B: + MiniLM of text fields", text,
                                {"sentence_model_seconds": round(text_seconds, 1),
                                 "distinct_strings": distinct}))
+    from trainers.stage_rows import encoder_from_teacher
+
+    from_teacher = encoder_from_teacher(data_dir)  # no student behind DIR/encoder: no C, D
     reasoning = reasoning_sets(data_dir, settings, frame, ids, covered, console, progress) \
-        if has_reasoning(data_dir) else None
-    if reasoning is None:
+        if has_reasoning(data_dir) and not from_teacher else None
+    if from_teacher:
+        console.print("  [yellow]DIR/encoder was distilled from the teacher: C, the sweep and D "
+                      "need the student's (scaletot distill DIR); C-teacher is its row[/]")
+    elif reasoning is None:
         console.print("  [yellow]no reasoning features in this dataset: only A and B are "
                       "compared (run teach, train-student, distill and embed for C and D)[/]")
     else:

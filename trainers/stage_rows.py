@@ -45,6 +45,13 @@ from trainers.evaluate import (
 )
 
 
+def encoder_from_teacher(data_dir: Path) -> bool:
+    """True when ``DIR/encoder`` was distilled from the teacher (``distill --from teacher``):
+    its features are C-teacher's kind, and it has no projection for D's representations."""
+    manifest = encoder_manifest(DatasetLayout(data_dir).encoder)
+    return manifest.exists() and read_json(manifest).get("provenance") == "teacher"
+
+
 def encoder_current(folder: Path, settings: Settings, *inputs: Path) -> bool:
     """The encoder in ``folder`` is newer than ``inputs``, has its run summary, and was
     distilled with these ``encoder`` settings."""
