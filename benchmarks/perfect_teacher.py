@@ -41,17 +41,19 @@ from scaletot_features.encoder import embed_population  # noqa: E402
 from scaletot_features.encoder.embed import data_profile_schema  # noqa: E402
 from scaletot_features.profile import ID_COLUMN  # noqa: E402
 from trainers.distill_encoder import distill_encoder  # noqa: E402
-from trainers.evaluate import (  # noqa: E402
+from trainers.eval_features import (  # noqa: E402
     FeatureSet,
-    aggregate,
     align,
     covered_users,
-    evaluation_targets,
-    fit_block,
-    low_activity_mask,
     one_hot_states,
     reasoning_matrix,
     reasoning_order,
+)
+from trainers.evaluate import (  # noqa: E402
+    aggregate,
+    evaluation_targets,
+    fit_block,
+    low_activity_mask,
     split_test,
     target_labels,
     training_frame,

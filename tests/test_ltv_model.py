@@ -17,14 +17,12 @@ from scaletot_features.encoder.featurizer import Featurizer
 from scaletot_features.ltv.metrics import normalized_gini
 from scaletot_features.profile import DEFAULT_PROFILE_SCHEMA
 from trainers.evaluate import (
-    EvaluationError,
     aggregate,
     best_profile_only,
     low_activity_mask,
-    one_hot_states,
-    reasoning_order,
     split_test,
 )
+from trainers.eval_features import EvaluationError, one_hot_states, reasoning_order
 from trainers.ltv import LTVModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -196,7 +194,7 @@ def test_b_embeds_each_distinct_text_and_tag_string_once(tmp_path):
     from rich.console import Console
 
     from scaletot_features.profile import FieldKind, ProfileField, ProfileSchema
-    from trainers.evaluate import profile_text_matrix, text_fields
+    from trainers.eval_features import profile_text_matrix, text_fields
 
     schema = ProfileSchema(fields=(
         ProfileField(name="age", kind=FieldKind.numeric, label="age"),

@@ -35,7 +35,7 @@ from scaletot_features.dataset import (
 from scaletot_features.profile import ID_COLUMN
 from scaletot_features.taxonomy import Taxonomy
 from trainers.distill_encoder import Source
-from trainers.evaluate import (
+from trainers.eval_features import (
     EvaluationError,
     FeatureSet,
     align,
