@@ -96,6 +96,8 @@ def stream_map(inputs: pa.Table, make_batch_fn: Callable[[], BatchFn], cfg: RayC
     hand list columns back as its tensor type), in completion order.
     """
     require_ray()
+    if inputs.num_rows == 0:  # e.g. a resumed run whose texts are all cached: no Ray start-up
+        return
     import ray
     import ray.data
 

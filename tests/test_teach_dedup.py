@@ -321,3 +321,20 @@ def test_ray_engine_writes_the_chains_the_local_engine_writes(repeated_populatio
 def test_ray_engine_needs_the_chain_cache(repeated_population):
     with pytest.raises(ValueError, match="teacher.chain_cache"):
         teach(repeated_population, _settings(engine="ray", chain_cache=False), progress=False)
+
+
+@requires_ray
+def test_ray_engine_with_nothing_to_search_starts_no_ray(tmp_path):
+    """A resumed ray teach whose texts are all cached maps an empty table: nothing to do, and
+    no Ray start-up (mapping zero blocks would fail inside Ray)."""
+    import pyarrow as pa
+    import ray
+
+    from scaletot_features.config import RayConfig
+    from scaletot_features.ray_engine import stream_map
+    from trainers.teach_ray import RESULT_SCHEMA
+
+    empty = pa.table({"key": pa.array([], pa.string()), "text": pa.array([], pa.string())})
+    assert list(stream_map(empty, lambda: None, RayConfig(tmpdir=str(tmp_path)),
+                           RESULT_SCHEMA)) == []
+    assert not ray.is_initialized()
