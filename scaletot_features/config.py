@@ -107,6 +107,10 @@ class TeacherConfig(_Section):
         "factored: batch; label and channel: none)")
     calibration_sample: int = Field(32, ge=1, description="covered profiles that batch "
                                     "calibration averages over")
+    few_shot: int = Field(0, ge=0, description="labelled users shown to the teacher before "
+                          "every question, each with the outcome-bearing states its realised "
+                          "outcome implies (quantile bins); drawn outside the coverage and the "
+                          "evaluation's test split; 0 = none")
     profile_style: Literal["lines", "sentences"] = Field(
         "lines", description="the teacher's profile text: 'label: value' lines, or one "
         "sentence per field (\"This user's job title is nurse.\")")

@@ -53,6 +53,7 @@ from scaletot_features.runtime import torch_threads
 from scaletot_features.taxonomy import Taxonomy
 from trainers.audit import teacher_audit
 from trainers.chain_cache import ChainCache, teacher_description, teacher_key, text_key
+from trainers.few_shot import demonstrations_text
 
 
 def teacher_layout(data_dir: Path) -> TeacherLayout:
@@ -71,7 +72,9 @@ def _config_key(settings: Settings, taxonomy: Taxonomy) -> str:
                        "calibration": t.calibration, "calibration_sample": t.calibration_sample,
                        "profile_style": t.profile_style,
                        "tau": t.tau, "width": t.width, "max_expansions": t.max_expansions,
-                       "taxonomy": taxonomy.fingerprint()}, sort_keys=True)
+                       "taxonomy": taxonomy.fingerprint(),
+                       # only when set, so runs written before few_shot existed still resume
+                       **({"few_shot": t.few_shot} if t.few_shot else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -239,6 +242,8 @@ def teach(
         check_teacher_model(settings)
     out = teacher_layout(data_dir)
     selected = select_and_check_coverage(data_dir, settings)
+    demonstrations = demonstrations_text(data_dir, settings,
+                                         selected.column("user_id").to_numpy())
     done = _done_user_ids(out.chains, out.failures)
     todo_ids = [u for u in selected.column("user_id").to_pylist() if u not in done]
     if stop_after is not None:
@@ -250,7 +255,7 @@ def teach(
             counts = _teach_users(data_dir, todo_ids, schema, taxonomy, cfg, tc, out,
                                   backend or make_backend(settings), progress,
                                   chain_cache_dir(data_dir, settings),
-                                  settings if tc.engine == "ray" else None)
+                                  settings if tc.engine == "ray" else None, demonstrations)
     seconds = time.perf_counter() - t0
     report = teacher_audit(data_dir, settings, load_chains(data_dir)) if out.chains.exists() else {}
     return TeachSummary(selected=len(selected), skipped=len(done), seconds=seconds, audit=report,
@@ -265,7 +270,8 @@ def search_config(settings: Settings) -> SearchConfig:
 
 def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, taxonomy: Taxonomy,
                  cfg: SearchConfig, tc, out, backend: LLMBackend, progress: bool,
-                 cache_dir: Path | None, ray_settings: Settings | None = None) -> Counter[str]:
+                 cache_dir: Path | None, ray_settings: Settings | None = None,
+                 demonstrations: str = "") -> Counter[str]:
     """Teach ``todo_ids`` in checkpointed parts.
 
     A user's chain comes from, in order: the chain cache (an earlier run), a user of this run
@@ -276,8 +282,10 @@ def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, tax
 
     With ``ray_settings`` (``teacher.engine: ray``) the distinct texts to search are searched
     first on Ray Data actors (:mod:`trainers.teach_ray`), each finished batch published to the
-    cache; the parts are then written from those results as the local engine writes its own."""
-    scorer = NodeScorer(backend, taxonomy, tc.scoring, tc.calibration)
+    cache; the parts are then written from those results as the local engine writes its own.
+
+    ``demonstrations`` (``teacher.few_shot``, trainers/few_shot.py) precede every prompt."""
+    scorer = NodeScorer(backend, taxonomy, tc.scoring, tc.calibration, demonstrations)
     before, t_prime = backend.usage.snapshot(), time.perf_counter()
     scorer.prime(calibration_sample(data_dir, schema, tc.calibration_sample, tc.profile_style))
     _add_calibration_cost(out.calibration, time.perf_counter() - t_prime,

@@ -28,15 +28,15 @@ RESULT_SCHEMA = pa.schema([("key", pa.string()), ("entry", pa.string()), ("error
 """What an actor returns per searched text: the cache entry as JSON, or why the search failed."""
 
 
-def teacher_search_fn(settings_json: str, offsets: dict[str, list[float]],
-                      tkey: str) -> Callable[[pa.Table], pa.Table]:
+def teacher_search_fn(settings_json: str, offsets: dict[str, list[float]], tkey: str,
+                      demonstrations: str = "") -> Callable[[pa.Table], pa.Table]:
     """One loaded teacher searching batches of (key, text, row): a Ray actor's work."""
     from trainers.teach import _search_part, make_backend, search_config
 
     settings = Settings.model_validate_json(settings_json)
     taxonomy, schema, tc = settings.taxonomy(), settings.profile_schema(), settings.teacher
     backend = make_backend(settings)
-    scorer = NodeScorer(backend, taxonomy, tc.scoring, tc.calibration)
+    scorer = NodeScorer(backend, taxonomy, tc.scoring, tc.calibration, demonstrations)
     scorer.offsets = {k: np.asarray(v, dtype=np.float64) for k, v in offsets.items()}
     cfg = search_config(settings)
 
@@ -74,7 +74,8 @@ def search_on_ray(settings: Settings, scorer: NodeScorer, tkey: str, keys: list[
         "key": pa.array(keys, pa.string()), "text": pa.array(texts, pa.string()),
         "row": pa.array([json.dumps({f: r.get(f) for f in fields}) for r in rows], pa.string())})
     offsets = {k: np.asarray(v).tolist() for k, v in scorer.offsets.items()}
-    make = functools.partial(teacher_search_fn, settings.model_dump_json(), offsets, tkey)
+    make = functools.partial(teacher_search_fn, settings.model_dump_json(), offsets, tkey,
+                             scorer.demonstrations)
     results: dict[str, dict | str] = {}
     for batch in stream_map(inputs, make, settings.ray, RESULT_SCHEMA):
         entries = []

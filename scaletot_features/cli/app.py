@@ -169,6 +169,9 @@ def teach(
         None, "--calibration", help="none | content_free | batch (default: the mode's own)"),
     engine: Optional[str] = typer.Option(
         None, "--engine", help="local | ray (Ray Data actors, one teacher each; settings: ray)"),
+    few_shot: Optional[int] = typer.Option(
+        None, "--few-shot", help="labelled users shown to the teacher before every question "
+        "(teacher.few_shot; 0 = none)"),
     config: Optional[Path] = ConfigOpt,
     preset: Optional[str] = PresetOpt,
 ) -> None:
@@ -179,7 +182,8 @@ def teach(
 
     s = _settings(config, preset)
     for key, value in (("model", model), ("scoring", scoring), ("search", search),
-                       ("calibration", calibration), ("engine", engine)):
+                       ("calibration", calibration), ("engine", engine),
+                       ("few_shot", few_shot)):
         if value is not None:
             try:
                 setattr(s.teacher, key, value)

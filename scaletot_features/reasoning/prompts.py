@@ -12,6 +12,10 @@ The scoring modes read the same pieces differently (DESIGN.md 4.4):
   best the way they were tuned);
 - ``factored``: ``chat`` asked about one profile line (one field) at a time.
 
+Every mode but ``channel`` takes ``demos``: a block of labelled users (reasoning/demonstrations.py)
+put first (in ``chat``, in the system message), the same text for every user and node, so the
+backend's prompt-prefix reuse computes it once.
+
 Continuations start with a space or a newline, so tokenising prefix and continuation apart gives
 the same tokens as tokenising them together for the tokenizers we use.
 """
@@ -43,12 +47,16 @@ def taxonomy_block(taxonomy: Taxonomy) -> str:
     return "\n".join(lines)
 
 
-def label_prefix(profile_text: str, taxonomy: Taxonomy, values: list[str]) -> str:
+def _lead(demos: str) -> str:
+    return f"{demos}\n\n" if demos else ""
+
+
+def label_prefix(profile_text: str, taxonomy: Taxonomy, values: list[str], demos: str = "") -> str:
     """Prompt ending in ``<next type>:``; candidates are `` <value>`` labels."""
     state = taxonomy.types[len(values)]
     done = "".join(f"{t.name}: {v}\n" for t, v in zip(taxonomy.types, values))
     return (
-        "User profile:\n"
+        f"{_lead(demos)}User profile:\n"
         f"{profile_text}\n\n"
         "Describe this user with exactly one value for each state, choosing from the options.\n"
         f"{taxonomy_block(taxonomy)}\n\n"
@@ -62,15 +70,17 @@ def label_continuations(state: StateType) -> list[str]:
 
 # ---- calibrated mode --------------------------------------------------------------------------
 
-def calibrated_prefix(profile_text: str, taxonomy: Taxonomy, values: list[str]) -> str:
+def calibrated_prefix(profile_text: str, taxonomy: Taxonomy, values: list[str],
+                      demos: str = "") -> str:
     """Profile, the chain so far as sentences, then ``This user is``; candidates: descriptions."""
     so_far = chain_so_far_sentences(taxonomy, values)
-    return f"User profile:\n{profile_text}\n\n{so_far + ' ' if so_far else ''}This user is"
+    return (f"{_lead(demos)}User profile:\n{profile_text}\n\n"
+            f"{so_far + ' ' if so_far else ''}This user is")
 
 
-def calibrated_content_free_prefix(taxonomy: Taxonomy) -> str:
+def calibrated_content_free_prefix(taxonomy: Taxonomy, demos: str = "") -> str:
     """The same template after a profile that says nothing: computed once per taxonomy."""
-    return f"User profile:\n{NO_PROFILE}\n\nThis user is"
+    return f"{_lead(demos)}User profile:\n{NO_PROFILE}\n\nThis user is"
 
 
 def description_continuations(state: StateType) -> list[str]:
@@ -102,16 +112,19 @@ def chat_question(state: StateType) -> str:
             f"({state.description})? Answer with one of: {', '.join(state.value_names)}.")
 
 
-def chat_opening(profile_text: str, state: StateType) -> list[dict[str, str]]:
-    """System message, then the profile and the question about ``state``."""
-    return [{"role": "system", "content": CHAT_SYSTEM},
+def chat_opening(profile_text: str, state: StateType, demos: str = "") -> list[dict[str, str]]:
+    """System message (with the demonstrations), then the profile and the question about
+    ``state``."""
+    system = f"{CHAT_SYSTEM}\n\n{demos}" if demos else CHAT_SYSTEM
+    return [{"role": "system", "content": system},
             {"role": "user", "content": f"User profile:\n{profile_text}\n\n{chat_question(state)}"}]
 
 
-def chat_messages(profile_text: str, taxonomy: Taxonomy, values: list[str]) -> list[dict[str, str]]:
+def chat_messages(profile_text: str, taxonomy: Taxonomy, values: list[str],
+                  demos: str = "") -> list[dict[str, str]]:
     """The conversation so far: the profile with the first question, then one turn per committed
     node (its answer, the next question), ending on the question of the next node."""
-    msgs = chat_opening(profile_text, taxonomy.types[0])
+    msgs = chat_opening(profile_text, taxonomy.types[0], demos)
     for value, nxt in zip(values, taxonomy.types[1:]):
         msgs += [{"role": "assistant", "content": value},
                  {"role": "user", "content": chat_question(nxt)}]

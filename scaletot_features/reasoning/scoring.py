@@ -17,6 +17,9 @@ and adds the calibrated log-probabilities of the lines (a product of experts ove
 prior), so one confusing field cannot swamp the others. Each distinct (type, line) is scored
 once per scorer and cached: the cost grows with distinct field values, not with users. Its
 nodes do not read the chain so far (each field's evidence is asked about on its own).
+
+``demonstrations`` (a block of labelled users, reasoning/demonstrations.py) precede every
+prompt but ``channel``'s, calibration's included, so the offsets are those of the same prompt.
 """
 
 from __future__ import annotations
@@ -73,9 +76,12 @@ class NodeScorer:
     """Scores the next node of a partial chain under one mode (prompts.py) and calibration."""
 
     def __init__(self, backend: LLMBackend, taxonomy: Taxonomy, mode: ScoringMode = "channel",
-                 calibration: Calibration | None = None):
+                 calibration: Calibration | None = None, demonstrations: str = ""):
         if mode not in SCORING_MODES:
             raise ValueError(f"scoring mode {mode!r} not in {SCORING_MODES}")
+        if demonstrations and mode == "channel":
+            raise ValueError("channel scoring scores the profile itself: it takes no "
+                             "demonstrations (teacher.few_shot: 0)")
         calibration = calibration or DEFAULT_CALIBRATION[mode]  # type: ignore[assignment]
         if calibration not in CALIBRATIONS:
             raise ValueError(f"calibration {calibration!r} not in {CALIBRATIONS}")
@@ -83,6 +89,7 @@ class NodeScorer:
         self.taxonomy = taxonomy
         self.mode = mode
         self.calibration = calibration
+        self.demonstrations = demonstrations
         self.offsets: dict[str, np.ndarray] = {}  # type -> log-prob offset, set by prime()
         self._lines: dict[tuple[str, str], np.ndarray] = {}  # factored: (type, line) -> log-probs
 
@@ -109,7 +116,7 @@ class NodeScorer:
             # One prefix for every type (no chain so far): the original calibrated mode.
             for state in self.taxonomy.types:
                 self.offsets[state.name] = log_softmax(self.backend.score_continuations(
-                    prompts.calibrated_content_free_prefix(self.taxonomy),
+                    prompts.calibrated_content_free_prefix(self.taxonomy, self.demonstrations),
                     prompts.description_continuations(state)))
             return
         # Depth by depth: the sample's chains so far are its own calibrated argmaxes.
@@ -161,19 +168,20 @@ class NodeScorer:
     def _prompt(self, profile_text: str, values: list[str]) -> tuple[list[str], list[str]]:
         """What one request sends to the backend: ``channel``'s (prefix, continuation) pairs, one
         per value, or the other modes' one prefix and the candidate continuations."""
-        tax = self.taxonomy
+        tax, demos = self.taxonomy, self.demonstrations
         state = tax.types[len(values)]
         if self.mode == "channel":
             heads = prompts.channel_prefixes(state, tax, values)
             return heads, [prompts.channel_continuation(profile_text)] * len(heads)
         if self.mode == "label":
-            return ([prompts.label_prefix(profile_text, tax, values)],
+            return ([prompts.label_prefix(profile_text, tax, values, demos)],
                     prompts.label_continuations(state))
         if self.mode == "calibrated":
-            return ([prompts.calibrated_prefix(profile_text, tax, values)],
+            return ([prompts.calibrated_prefix(profile_text, tax, values, demos)],
                     prompts.description_continuations(state))
         if self.mode == "chat":
-            return ([self.backend.chat_prompt(prompts.chat_messages(profile_text, tax, values))],
+            return ([self.backend.chat_prompt(prompts.chat_messages(profile_text, tax, values,
+                                                                    demos))],
                     prompts.chat_answers(state))
         raise ValueError(f"{self.mode!r} scores one line at a time (_line_logprobs)")
 
@@ -184,7 +192,8 @@ class NodeScorer:
         every prompt and continuation text this scorer sends for a probe profile (the templates
         and the model's chat template). Chain caches key on it."""
         probe = "probe field: probe value\nother field: other value"
-        texts = [prompts.NO_PROFILE, prompts.calibrated_content_free_prefix(self.taxonomy)]
+        texts = [prompts.NO_PROFILE,
+                 prompts.calibrated_content_free_prefix(self.taxonomy, self.demonstrations)]
         values: list[str] = []
         for state in self.taxonomy.types:
             if self.mode == "factored":
@@ -214,7 +223,7 @@ class NodeScorer:
 
     def _line_prompt(self, state: StateType, line: str) -> tuple[str, list[str]]:
         """``factored``'s one-line question: (prefix, the value words)."""
-        return (self.backend.chat_prompt(prompts.chat_opening(line, state)),
+        return (self.backend.chat_prompt(prompts.chat_opening(line, state, self.demonstrations)),
                 prompts.chat_answers(state))
 
     def _factored(self, profile_text: str, state: StateType) -> np.ndarray:
