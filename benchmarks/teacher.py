@@ -8,7 +8,11 @@ calls and prompt tokens per user, and users per second. Writes JSON and prints a
 
     .venv/bin/python benchmarks/teacher.py --users 48 --budget 12
     .venv/bin/python benchmarks/teacher.py --modes calibrated chat factored calibrated:batch \
-        --strategies   # scoring modes only (greedy), MODE[:CALIBRATION]
+        --strategies   # scoring modes only (greedy), MODE[:CALIBRATION][:fsK]
+
+``:fsK`` shows the teacher K labelled users first (``teacher.few_shot``, trainers/few_shot.py):
+drawn from the population outside the evaluated users and the evaluation's test split, each with
+the outcome-bearing states its realised outcome implies.
 """
 
 from __future__ import annotations
@@ -51,10 +55,27 @@ def info_gain(results, j: int, truth: list[str], prior: dict[str, float]) -> flo
     return float(np.mean(gains))
 
 
+def demonstrations(data: Path, mode: str, k: int, covered: np.ndarray) -> str:
+    """The few-shot block ``teach`` would show with ``teacher.few_shot: k`` on this dataset."""
+    from scaletot_features.config import build_settings
+    from trainers.few_shot import demonstrations_text
+
+    settings = build_settings("tiny", {"teacher": {"scoring": mode, "few_shot": k}})
+    return demonstrations_text(data, settings, covered)
+
+
+def parse_spec(spec: str) -> tuple[str, str | None, int]:
+    """MODE[:CALIBRATION][:fsK] -> (mode, calibration or None, K)."""
+    parts = spec.split(":")
+    shots = int(parts.pop()[2:]) if len(parts) > 1 and parts[-1].startswith("fs") else 0
+    return parts[0], (parts[1] if len(parts) > 1 else None), shots
+
+
 def evaluate(backend, spec: str, cfg: SearchConfig, texts: list[str], truth: dict[str, list[str]],
-             prior: dict[str, dict[str, float]], sample: list[str], batch: int) -> dict:
-    mode, _, calibration = spec.partition(":")
-    scorer = NodeScorer(backend, TAX, mode, calibration or None)
+             prior: dict[str, dict[str, float]], sample: list[str], batch: int,
+             demos: str = "") -> dict:
+    mode, calibration, shots = parse_spec(spec)
+    scorer = NodeScorer(backend, TAX, mode, calibration, demos)
     scorer.prime(sample)  # per-taxonomy cost, not per user
     before = backend.usage.snapshot()
     t0 = time.perf_counter()
@@ -70,7 +91,8 @@ def evaluate(backend, spec: str, cfg: SearchConfig, texts: list[str], truth: dic
         f1[t] = macro_f1(pred, truth[t], TAX[t].value_names)
         gain[t] = info_gain(results, j, truth[t], prior[t])
     return {
-        "scoring": mode, "calibration": scorer.calibration, "search": cfg.strategy,
+        "scoring": mode, "calibration": scorer.calibration, "few_shot": shots,
+        "search": cfg.strategy,
         "tau": cfg.tau, "width": cfg.width, "max_expansions": cfg.max_expansions,
         "users": len(texts), "accuracy": acc, "mean_accuracy": float(np.mean(list(acc.values()))),
         "macro_f1": f1, "info_gain_nats": gain,
@@ -138,7 +160,10 @@ def main() -> None:
     greedy = SearchConfig("greedy", tau=args.tau, width=args.width, max_expansions=args.budget)
     for mode in args.modes:
         console.print(f"[dim]scoring={mode} search=greedy ...[/]")
-        runs.append(evaluate(backend, mode, greedy, texts, truth, prior, sample, args.batch))
+        _, _, shots = parse_spec(mode)
+        demos = demonstrations(data, parse_spec(mode)[0], shots, ids.to_numpy()) if shots else ""
+        runs.append(evaluate(backend, mode, greedy, texts, truth, prior, sample, args.batch,
+                             demos))
     for strategy in () if args.no_strategies else ("entropy", "beam"):
         cfg = SearchConfig(strategy, tau=args.tau, width=args.width, max_expansions=args.budget)
         console.print(f"[dim]scoring={args.search_mode} search={strategy} ...[/]")
@@ -161,7 +186,9 @@ def main() -> None:
                           f"{result['mean_majority_rate']:.3f}", "-", "-", "-")
         for r in runs:
             vals = [r[key][t] for t in TAX.type_names]
-            table.add_row(r["scoring"], r["calibration"], r["search"], *[fmt.format(v) for v in vals],
+            shots = f":fs{r['few_shot']}" if r.get("few_shot") else ""
+            table.add_row(r["scoring"] + shots, r["calibration"], r["search"],
+                          *[fmt.format(v) for v in vals],
                           fmt.format(float(np.mean(vals))), f"{r['mean_scoring_calls']:.1f}",
                           f"{r['mean_prompt_tokens']:.0f}", f"{r['users_per_s']:.2f}")
         console.print(table)

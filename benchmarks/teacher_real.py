@@ -305,6 +305,10 @@ def teach(dataset: Path, data_key: str, field_set: str, spec: TeacherSpec, ids: 
     cfg = teach_settings(field_set, spec, len(ids), threads)
     key = digest(data_key, json.dumps(cfg, sort_keys=True),
                  TAXONOMY.read_bytes())
+    # One teacher in this process at `threads` threads, whatever the preset's engine: the cost
+    # per row is then one model's, and one 1.5B copy fits in memory (ray would load one per actor
+    # plus the driver's). Not in the key: the engines write the same chains (tests/test_teach_dedup).
+    cfg["teacher"]["engine"] = "local"
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", spec.name).strip("-")
     teach_dir = work / field_set / "teach" / f"{slug}-n{len(ids)}-{key}"
     if chains_cover(teach_dir, ids):
