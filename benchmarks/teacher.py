@@ -18,6 +18,7 @@ the outcome-bearing states its realised outcome implies.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -101,7 +102,35 @@ def evaluate(backend, spec: str, cfg: SearchConfig, texts: list[str], truth: dic
         "mean_prompt_tokens": used.prompt_tokens / len(texts),
         "users_per_s": len(texts) / seconds, "seconds": seconds,
         "mean_branched_nodes": float(np.mean([r.branched_nodes for r in results])),
+        "_results": results,  # dropped before writing JSON
     }
+
+
+def before_after(backend, spec: str, cfg: SearchConfig, texts, truth, prior, sample,
+                 batch: int) -> dict:
+    """The same configuration without and with the backend's prompt-prefix KV reuse (the
+    one-at-a-time path kept behind ``prefix_cache_size=0``), run back to back: users/s, prompt
+    tokens per user, the load average around each, and whether the chains are the same."""
+    runs = {}
+    size = backend.prefix_cache_size
+    for name, cache in (("before", 0), ("after", size)):
+        backend.prefix_cache_size = cache
+        backend.clear_prefix_cache()
+        load = os.getloadavg()[0]
+        runs[name] = evaluate(backend, spec, cfg, texts, truth, prior, sample, batch)
+        runs[name]["load_average_1min"] = [load, os.getloadavg()[0]]
+    backend.prefix_cache_size = size
+    b, a = runs["before"].pop("_results"), runs["after"].pop("_results")
+    probs = [np.abs(np.subtract(x.probs, y.probs)).max() for rb, ra in zip(b, a)
+             for x, y in zip(rb.chain.nodes, ra.chain.nodes)]
+    return {"spec": spec, "search": cfg.strategy, "before": runs["before"],
+            "after": runs["after"],
+            "speedup": runs["after"]["users_per_s"] / runs["before"]["users_per_s"],
+            "token_ratio": runs["before"]["mean_prompt_tokens"]
+            / max(runs["after"]["mean_prompt_tokens"], 1e-9),
+            "same_chains": float(np.mean([rb.chain.to_text() == ra.chain.to_text()
+                                          for rb, ra in zip(b, a)])),
+            "max_abs_prob_diff": float(max(probs))}
 
 
 def main() -> None:
@@ -121,6 +150,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--search-mode", default="calibrated", help="mode used to compare strategies")
     ap.add_argument("--batch", type=int, default=8, help="users searched together")
+    ap.add_argument("--before-after", action="store_true",
+                    help="also run --search-mode with entropy search without and with the "
+                    "backend's prompt-prefix KV reuse, side by side")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "teacher.json")
     args = ap.parse_args()
 
@@ -169,9 +201,18 @@ def main() -> None:
         console.print(f"[dim]scoring={args.search_mode} search={strategy} ...[/]")
         runs.append(evaluate(backend, args.search_mode, cfg, texts, truth, prior, sample, args.batch))
 
+    compared = None
+    if args.before_after:
+        cfg = SearchConfig("entropy", tau=args.tau, width=args.width, max_expansions=args.budget)
+        console.print(f"[dim]before/after: {args.search_mode} entropy, KV reuse off then on ...[/]")
+        compared = before_after(backend, args.search_mode, cfg, texts, truth, prior, sample,
+                                args.batch)
+    for r in runs:
+        r.pop("_results", None)
     result = {"model": backend.model_id, "users": len(texts), "population": profiles.num_rows
               if args.data else args.population, "majority_rate": majority,
-              "mean_majority_rate": float(np.mean(list(majority.values()))), "runs": runs}
+              "mean_majority_rate": float(np.mean(list(majority.values()))), "runs": runs,
+              "before_after": compared}
     write_json_atomic(result, args.out)
 
     short = {t: t[:10] for t in TAX.type_names}
@@ -192,6 +233,20 @@ def main() -> None:
                           fmt.format(float(np.mean(vals))), f"{r['mean_scoring_calls']:.1f}",
                           f"{r['mean_prompt_tokens']:.0f}", f"{r['users_per_s']:.2f}")
         console.print(table)
+    if compared is not None:
+        table = Table(title=f"Teacher throughput, {compared['spec']} + entropy search, one run")
+        for col in ("path", "users/s", "tokens/user", "calls/user", "load avg (1 min)"):
+            table.add_column(col, justify="right")
+        for name, label in (("before", "one at a time (no KV reuse)"),
+                            ("after", "prompt-prefix KV reuse")):
+            r = compared[name]
+            table.add_row(label, f"{r['users_per_s']:.3f}", f"{r['mean_prompt_tokens']:.0f}",
+                          f"{r['mean_scoring_calls']:.1f}",
+                          "{:.2f} -> {:.2f}".format(*r["load_average_1min"]))
+        console.print(table)
+        console.print(f"speed-up {compared['speedup']:.2f}x, prompt tokens "
+                      f"{compared['token_ratio']:.2f}x fewer, same chains "
+                      f"{compared['same_chains']:.0%}, max |dp| {compared['max_abs_prob_diff']:.1e}")
     console.print(f"tau={args.tau} width={args.width} budget={args.budget}; JSON: {args.out}")
 
 
