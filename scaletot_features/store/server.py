@@ -238,7 +238,11 @@ def _warm(fs: Any, catalog: Catalog, data_dir: Path, repo_dir: Path | str | None
 
     for o in fs.list_on_demand_feature_views():
         if o.tags.get("encoder_dir"):
-            get_encoder(o.tags["encoder_dir"])
+            embedder = get_encoder(o.tags["encoder_dir"]).featurizer.text_embedder
+            if embedder is not None:  # the sentence model loads at its first string
+                import pyarrow as pa
+
+                embedder.embed(pa.array(["warm-up"]))
     if catalog.views:
         view = sorted(catalog.views)[0]
         fs.get_online_features(features=[f"{view}:{catalog.views[view][0]}"],
