@@ -11,7 +11,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +238,8 @@ BAD_REQUESTS = [
      "missing_entity"),
     ("non-integer id", {"features": ["user_profile:age"], "entities": {"user_id": ["abc"]}},
      422, "bad_entity"),
+    ("id outside int64", {"features": ["user_profile:age"], "entities": {"user_id": [2**63]}},
+     422, "bad_entity"),
     ("ragged columns", {"features": ["reasoning_live:live_life_stage"],
                         "entities": {**NEW_PROFILE, "profile_age": [30.0, 40.0]}}, 422,
      "bad_request"),
@@ -275,6 +279,59 @@ def test_malformed_json_is_422(our_server):
     r = requests.post(our_server.url + "/get-online-features", data=b'{"features": [',
                       headers={"Content-Type": "application/json"}, timeout=10)
     assert r.status_code == 422
+
+
+KEEP_ALIVE_CLIENTS = 4
+KEEP_ALIVE_ROUNDS = 3
+
+
+def test_concurrent_keep_alive_clients_see_no_resets(our_server, monkeypatch):
+    """Clients on their own keep-alive sessions at once, every bad request interleaved with good
+    ones: each good request is answered 200 and each bad one its 4xx, none fails at the
+    connection, and each client keeps the one TCP connection it opened (a server that dropped a
+    connection after an answer, as ``feast serve`` does after its errors, would show resets or
+    reconnects here)."""
+    from urllib3.connection import HTTPConnection
+
+    connects: list[int] = []
+    connect = HTTPConnection.connect
+
+    def counting(conn: HTTPConnection) -> None:
+        connects.append(threading.get_ident())
+        connect(conn)
+
+    monkeypatch.setattr(HTTPConnection, "connect", counting)
+    good = [({"feature_service": "ltv_with_reasoning", "entities": {"user_id": [7]}}, 200),
+            ({"feature_service": "ltv_live", "entities": {"user_id": [10**9], **NEW_PROFILE}},
+             200)]
+    bad = [(b[1], b[2]) for b in BAD_REQUESTS] + [(b'{"features": [', 422)]
+
+    def client(i: int) -> list[tuple[int, Any, Any]]:
+        got = []
+        with requests.Session() as s:
+            mine = (bad[i:] + bad[:i]) * KEEP_ALIVE_ROUNDS  # each client its own order
+            for j, (body, want) in enumerate(mine):
+                for b, w in (good[j % 2], (body, want)):
+                    try:
+                        if isinstance(b, bytes):
+                            r = s.post(our_server.url + "/get-online-features", data=b,
+                                       headers={"Content-Type": "application/json"},
+                                       timeout=60)
+                        else:
+                            r = s.post(our_server.url + "/get-online-features", json=b,
+                                       timeout=60)
+                        got.append((i, w, r.status_code))
+                    except requests.RequestException as e:
+                        got.append((i, w, repr(e)))
+        return got
+
+    with ThreadPoolExecutor(KEEP_ALIVE_CLIENTS) as pool:
+        results = [x for r in pool.map(client, range(KEEP_ALIVE_CLIENTS)) for x in r]
+    assert len(results) == KEEP_ALIVE_CLIENTS * KEEP_ALIVE_ROUNDS * 2 * len(bad)
+    wrong = [(i, want, got) for i, want, got in results if got != want]
+    assert not wrong, wrong[:5]
+    assert len(connects) == KEEP_ALIVE_CLIENTS, \
+        f"{len(connects)} TCP connects for {KEEP_ALIVE_CLIENTS} keep-alive clients"
 
 
 def test_lookalikes_endpoint(our_server):

@@ -9,10 +9,11 @@ calls the same ``FeatureStore.get_online_features`` and answers in the same JSON
 
 - 404: unknown feature service, feature view or feature;
 - 422: malformed body; no entity rows; a missing or non-integer ``user_id`` where a stored view
-  needs it; an unknown request key; a profile value of the wrong type, outside its domain or
+  needs it, or one outside int64; an unknown request key; a profile value of the wrong type, outside its domain or
   range, or a required profile field missing (request data goes in ``entities`` as
   ``profile_<field>``; absent optional fields are sent to the encoder as missing);
-- 500 only for a failure of the server itself.
+- 500 only for a failure of the server itself, as JSON (``server_error``), and the keep-alive
+  connection stays usable (:class:`AnswerServerErrors`); a ``FeastError`` gets Feast's status.
 
 It also answers ``POST /lookalikes`` ({"user_id": 1, "k": 10}) and ``GET /health``.
 Run: ``python -m scaletot_features.store.server DIR --port 6566`` (loopback by default).
@@ -21,6 +22,7 @@ Run: ``python -m scaletot_features.store.server DIR --port 6566`` (loopback by d
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import subprocess
@@ -40,6 +42,8 @@ from scaletot_features.profile import (
 )
 
 MAX_ROWS = 10_000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+logger = logging.getLogger(__name__)
 
 
 class RequestError(Exception):
@@ -167,6 +171,10 @@ def validate_entities(catalog: Catalog, refs: list[str], entities: dict[str, lis
         if bad:
             raise RequestError(422, "bad_entity",
                                f"user_id values must be integers, got {bad[0]!r}")
+        big = [v for v in ids if not INT64_MIN <= v <= INT64_MAX]
+        if big:  # Feast's int64 join key would fail on it with a 500
+            raise RequestError(422, "bad_entity",
+                               f"user_id values must fit in int64, got {big[0]}")
         out["user_id"] = ids
     for key in request_needed:
         f = catalog.request_fields.get(key)
@@ -178,6 +186,51 @@ def validate_entities(catalog: Catalog, refs: list[str], entities: dict[str, lis
     return out
 
 
+class AnswerServerErrors:
+    """ASGI middleware: an exception of the app becomes a JSON answer here, and goes no further.
+
+    Starlette's outermost error middleware answers an unhandled exception with a 500 and then
+    re-raises it (so does a handler registered for ``Exception``, which is how ``feast serve``
+    answers its errors); uvicorn then closes the connection after a response that did not say
+    ``Connection: close``, and a keep-alive client's next request on it is reset (measured on
+    ``feast serve``: docs/feast.md). Here a ``FeastError`` gets its own status (Feast's mapping),
+    anything else a logged 500 ``server_error``, and the connection stays usable.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def _send(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, _send)
+        except Exception as e:
+            if started:  # half an answer is out: nothing to do but let the server close it
+                raise
+            from fastapi.responses import JSONResponse
+            from feast.errors import FeastError
+
+            if isinstance(e, FeastError):
+                status, kind = e.http_status_code(), "feast_error"
+            else:
+                status, kind = 500, "server_error"
+            if status >= 500:
+                logger.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            response = JSONResponse(status_code=status, content={
+                "error": kind, "detail": f"{type(e).__name__}: {e}"[:2000]})
+            await response(scope, receive, send)
+
+
 def _warm(fs: Any, catalog: Catalog, data_dir: Path, repo_dir: Path | str | None) -> None:
     """Load the encoder, the lookalike index and the online store before the first request."""
     from scaletot_features.store.lookalike import load_or_build_index
@@ -185,7 +238,11 @@ def _warm(fs: Any, catalog: Catalog, data_dir: Path, repo_dir: Path | str | None
 
     for o in fs.list_on_demand_feature_views():
         if o.tags.get("encoder_dir"):
-            get_encoder(o.tags["encoder_dir"])
+            embedder = get_encoder(o.tags["encoder_dir"]).featurizer.text_embedder
+            if embedder is not None:  # the sentence model loads at its first string
+                import pyarrow as pa
+
+                embedder.embed(pa.array(["warm-up"]))
     if catalog.views:
         view = sorted(catalog.views)[0]
         fs.get_online_features(features=[f"{view}:{catalog.views[view][0]}"],
@@ -215,6 +272,7 @@ def create_app(data_dir: Path | str, repo_dir: Path | str | None = None) -> Any:
     services = {s.name: s for s in fs.list_feature_services()}
     _warm(fs, catalog, data_dir, repo_dir)
     app = FastAPI(title="ScaleToT feature server", version="1")
+    app.add_middleware(AnswerServerErrors)
 
     @app.exception_handler(RequestError)
     async def _request_error(_: Request, e: RequestError) -> JSONResponse:
