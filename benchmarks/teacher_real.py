@@ -303,12 +303,16 @@ def teach(dataset: Path, data_key: str, field_set: str, spec: TeacherSpec, ids: 
           threads: int, work: Path, env: dict[str, str]) -> tuple[Path, float]:
     """`scaletot teach` in its own copy of the dataset (one teacher config per directory)."""
     cfg = teach_settings(field_set, spec, len(ids), threads)
-    key = digest(data_key, json.dumps(cfg, sort_keys=True),
-                 TAXONOMY.read_bytes())
-    # One teacher in this process at `threads` threads, whatever the preset's engine: the cost
-    # per row is then one model's, and one 1.5B copy fits in memory (ray would load one per actor
-    # plus the driver's). Not in the key: the engines write the same chains (tests/test_teach_dedup).
+    # The test rows are in the key: a teach directory keeps the coverage it first selected, so a
+    # new selection (another coverage algorithm, another --rows) needs a directory of its own.
+    key = digest(data_key, json.dumps(cfg, sort_keys=True), TAXONOMY.read_bytes(), ids.tobytes())
+    # Not in the key, as they do not change a chain: one teacher in this process at `threads`
+    # threads, whatever the preset's engine (the cost per row is then one model's, and one 1.5B
+    # copy fits in memory: ray loads one per actor plus the driver's; the engines write the same
+    # chains, tests/test_teach_dedup), and one chain cache per field set, so a chain searched
+    # once for a title under one teacher key is never searched again in another directory.
     cfg["teacher"]["engine"] = "local"
+    cfg["teacher"]["chain_cache"] = str((work / field_set / "chain_cache").resolve())
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", spec.name).strip("-")
     teach_dir = work / field_set / "teach" / f"{slug}-n{len(ids)}-{key}"
     if chains_cover(teach_dir, ids):
