@@ -86,6 +86,27 @@ def evaluate(name: str, backend, texts: dict[int, str], teacher: dict[int, dict]
     return result
 
 
+def infer_before_after(backend, texts: dict[int, str], taxonomy, batch_size: int) -> dict:
+    """Constrained inference one user at a time (batch 1: the path before batched decoding) and
+    ``batch_size`` users decoded together over one KV cache, back to back on the same model:
+    users/s, the 1-minute load average around each, and whether the chains are the same."""
+    from scaletot_features.reasoning.student_inference import infer_table
+
+    runs, tables = {}, {}
+    for name, size in (("before", 1), ("after", batch_size)):
+        load = os.getloadavg()[0]
+        t0 = time.perf_counter()
+        tables[name] = infer_table(backend, texts, taxonomy, "constrained", size, model_id="x")
+        seconds = time.perf_counter() - t0
+        runs[name] = {"batch_size": size, "users": len(texts), "seconds": seconds,
+                      "users_per_s": len(texts) / seconds,
+                      "load_average_1min": [load, os.getloadavg()[0]]}
+    a, b = tables["before"].to_pylist(), tables["after"].to_pylist()
+    return {**runs, "speedup": runs["after"]["users_per_s"] / runs["before"]["users_per_s"],
+            "same_chains": float(np.mean([x["chain_text"] == y["chain_text"]
+                                          for x, y in zip(a, b)]))}
+
+
 def _scores(rows: list[dict], teacher: dict, labels: dict, taxonomy, buckets, reward_fn,
             prefix: str = "") -> dict:
     from scaletot_features.chain import ChainParseError, parse_chain_values
@@ -129,6 +150,9 @@ def main() -> None:
     ap.add_argument("--free-sample", type=int, default=8, help="held-out users for free generation")
     ap.add_argument("--split", default="holdout", choices=["holdout", "train"])
     ap.add_argument("--with-base", action="store_true", help="also evaluate the untrained base model")
+    ap.add_argument("--infer-before-after", action="store_true",
+                    help="also time the final student's constrained inference one user at a "
+                    "time and batched, side by side")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "student.json")
     args = ap.parse_args()
 
@@ -169,6 +193,7 @@ def main() -> None:
     buckets = osipo_config(settings).active_buckets()
 
     runs = []
+    compared = None
     models = ([("base", settings.student.model)] if args.with_base else []) + \
              [("sft", paths["sft"]), ("sft+osipo", paths["osipo"])]
     for name, folder in models:
@@ -179,6 +204,11 @@ def main() -> None:
                            args.free_sample, settings.student.infer_batch_size)
         run["model_id"] = student_model_id(Path(folder)) if name != "base" else backend.model_id
         runs.append(run)
+        if args.infer_before_after and name == "sft+osipo":
+            console.print(f"[dim]inference before/after on {len(ids)} users ...[/]")
+            with torch_threads(settings.student.torch_threads):
+                compared = infer_before_after(backend, texts, taxonomy,
+                                              settings.student.infer_batch_size)
         del backend
 
     # References: the teacher's own chains, and the majority of the train users' teacher values.
@@ -208,7 +238,8 @@ def main() -> None:
     result = {"data": str(args.data), "preset": args.preset, "overrides": overrides,
               "split": args.split, "users": len(ids), "free_sample": args.free_sample,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-              "training": training, "runs": runs, "references": [teacher_ref, majority_ref, outcome_ref]}
+              "training": training, "runs": runs, "references": [teacher_ref, majority_ref, outcome_ref],
+              "infer_before_after": compared}
     write_json_atomic(result, args.out)
 
     bt = [b.type for b in buckets]
@@ -239,6 +270,17 @@ def main() -> None:
                      f"{t.get('wall_seconds', float('nan')):.0f}",
                      f"{t.get('child_peak_rss_mb', t.get('peak_rss_mb', float('nan'))):.0f}")
     console.print(cost)
+    if compared is not None:
+        inf = Table(title="Constrained inference of the final student, one run, same users")
+        for col in ("path", "batch", "users/s", "load avg (1 min)"):
+            inf.add_column(col, justify="right")
+        for name, label in (("before", "one user at a time"), ("after", "batched, one KV cache")):
+            r = compared[name]
+            inf.add_row(label, str(r["batch_size"]), f"{r['users_per_s']:.2f}",
+                        "{:.2f} -> {:.2f}".format(*r["load_average_1min"]))
+        console.print(inf)
+        console.print(f"speed-up {compared['speedup']:.2f}x, same chains "
+                      f"{compared['same_chains']:.0%}")
     console.print(f"JSON: {args.out}")
 
 
