@@ -116,6 +116,29 @@ def test_prefix_cache_reuses_shared_tokens_and_changes_no_score(tiny_backend: Tr
     assert tiny_backend.usage.prompt_tokens - before - cont_tokens == len(ids[first])
 
 
+def test_prefix_cache_keeps_within_its_byte_budget(tiny_backend: TransformersBackend) -> None:
+    """The cache drops its oldest prompts beyond ``prefix_cache_mb`` (a few-shot block makes
+    every entry large), keeps the newest, and scores stay those of a cold run."""
+    conts = [" low", " high."]
+    prompts_ = [f"{PROFILE} Variant {i}. This user is" for i in range(6)]
+    tiny_backend.clear_prefix_cache()
+    tiny_backend.score_continuations(prompts_[0], conts)
+    one = tiny_backend.prefix_cache_bytes
+    assert one > 0
+    saved = tiny_backend.prefix_cache_mb
+    try:
+        tiny_backend.prefix_cache_mb = 2.5 * one / 2**20  # room for two entries, not three
+        for p in prompts_:
+            assert_logprobs_close(tiny_backend.score_continuations(p, conts),
+                                  naive_scores(tiny_backend, [p] * 2, conts))
+            assert tiny_backend.prefix_cache_bytes <= 2.5 * one * 1.2  # entries differ by a token
+        assert 1 <= len(tiny_backend._prefixes) <= 2
+        assert tuple(tiny_backend.prefix_ids(prompts_[-1])) in tiny_backend._prefixes
+    finally:
+        tiny_backend.prefix_cache_mb = saved
+        tiny_backend.clear_prefix_cache()
+
+
 def _common(a: list[int], b: list[int]) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:

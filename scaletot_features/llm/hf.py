@@ -29,7 +29,7 @@ from scaletot_features.llm.backend import (
     render_chat,
     start_token_id,
 )
-from scaletot_features.llm.kv_cache import cache_argument, output_cache
+from scaletot_features.llm.kv_cache import cache_argument, cache_nbytes, output_cache
 from scaletot_features.llm.packaged import model_id_for, resolve_model, set_offline_env
 
 # Reusing a cached prefix costs a deep copy of its KV cache: below this many shared tokens,
@@ -53,6 +53,7 @@ class TransformersBackend:
         batch_size: int = 16,
         max_length: int = 1024,
         prefix_cache_size: int = 64,
+        prefix_cache_mb: float = 1024.0,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -63,6 +64,10 @@ class TransformersBackend:
         self.batch_size = batch_size
         self.max_length = max_length
         self.prefix_cache_size = prefix_cache_size
+        # A bound in bytes too: 64 prompts after a 1,200-token few-shot block are 4.4 GB of KV
+        # cache on the 1.5B (57 KB per token), which ran a 24 GB machine out of memory.
+        self.prefix_cache_mb = prefix_cache_mb
+        self._prefix_bytes: dict[tuple[int, ...], int] = {}
         self._prefixes: OrderedDict[tuple[int, ...], tuple[Any, torch.Tensor]] = OrderedDict()
         self.usage = BackendUsage()
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
@@ -135,6 +140,22 @@ class TransformersBackend:
     def clear_prefix_cache(self) -> None:
         """Forget the cached prefixes (their KV caches hold memory; tests want a cold start)."""
         self._prefixes.clear()
+        self._prefix_bytes.clear()
+
+    @property
+    def prefix_cache_bytes(self) -> int:
+        return sum(self._prefix_bytes.values())
+
+    def _remember_prefix(self, pids: tuple[int, ...], cache: Any, first: torch.Tensor) -> None:
+        """Keep a prefix's cache, dropping the oldest beyond ``prefix_cache_size`` entries or
+        ``prefix_cache_mb`` (the newest is always kept)."""
+        self._prefixes[pids] = (cache, first)
+        self._prefix_bytes[pids] = cache_nbytes(cache)
+        budget = self.prefix_cache_mb * 2**20
+        while len(self._prefixes) > 1 and (len(self._prefixes) > self.prefix_cache_size
+                                           or self.prefix_cache_bytes > budget):
+            old, _ = self._prefixes.popitem(last=False)
+            self._prefix_bytes.pop(old, None)
 
     def _prefix_state(self, pids: list[int]) -> tuple[Any, torch.Tensor, int]:
         """(KV cache, log-probs of the next token, tokens run) for a prefix.
@@ -168,9 +189,7 @@ class TransformersBackend:
         cache = output_cache(out)
         first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         if self.prefix_cache_size > 0 and getattr(cache, "is_croppable", True):
-            self._prefixes[tuple(pids)] = (cache, first)
-            while len(self._prefixes) > self.prefix_cache_size:
-                self._prefixes.popitem(last=False)
+            self._remember_prefix(tuple(pids), cache, first)
         return cache, first, len(pids) - shared
 
     @torch.inference_mode()
