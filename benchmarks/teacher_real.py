@@ -359,6 +359,9 @@ def teacher_result(teach_dir: Path, ids: np.ndarray, income: pd.Series, tail: pd
         "argmax_counts": {v: int((argmax == i).sum()) for i, v in enumerate(VALUES)},
         "argmax_matches_chain_value": float(np.mean(
             np.asarray(VALUES)[argmax] == ch["spending_power"].to_numpy())),
+        # rows whose chain was searched in this directory; the others copied an identical title's
+        # chain (dedup, zero cost) or came from the chain cache (searched in an earlier run)
+        "searched_rows": int((ch["scoring_calls"] > 0).sum()),
         "cost_per_row": {"seconds": float(ch["seconds"].mean()),
                          "prompt_tokens": float(ch["prompt_tokens"].mean()),
                          "scoring_calls": float(ch["scoring_calls"].mean()),
@@ -511,8 +514,9 @@ def print_table(result: dict) -> None:
         table.add_row(f"teacher {r['config']}{short}", r["fields"], fmt_ci(m["all"]["spearman"]),
                       fmt_ci(m["long_tail"]["spearman"]), f"{m['all']['accuracy']:.3f}",
                       f"{m['all']['majority_rate']:.3f}",
-                      f"{c['seconds'] + np.nan_to_num(c.get('calibration_seconds', 0.0)):.2f}",
-                      f"{c['prompt_tokens']:.0f}")
+                      f"{c['seconds'] + np.nan_to_num(c.get('calibration_seconds', 0.0)):.2f}"
+                      if r.get("searched_rows", 1) else "cached",
+                      f"{c['prompt_tokens']:.0f}" if r.get("searched_rows", 1) else "cached")
     for b in result["baselines"]:
         name = f"ridge {b['features']} @ {b['train']} (n={b['n_train']})"
         if "summary" in b:
