@@ -119,6 +119,9 @@ class TeacherConfig(_Section):
     width: int = Field(2, ge=1, description="max live partial chains")
     max_expansions: int = Field(12, ge=1, description="max scoring calls per user")
     batch_size: int = Field(16, ge=1)
+    max_prompt_tokens: int = Field(2048, ge=64, description="the longest prompt the teacher may "
+                                   "see; a longer one (e.g. many few-shot demonstrations) is "
+                                   "refused before calibration, never cut")
     checkpoint_every: int = Field(32, ge=1, description="users per written part")
     engine: Literal["local", "ray"] = Field(
         "local", description="search in this process, or on Ray Data actors (section ray); the "

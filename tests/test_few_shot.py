@@ -116,3 +116,11 @@ def test_teach_with_demonstrations_writes_chains_of_its_own_key(population_copy)
     # A run without demonstrations is another configuration: refused on resume.
     with pytest.raises(RuntimeError, match="overwrite"):
         teach(population_copy, _settings(scoring="calibrated", search="greedy"), progress=False)
+
+
+def test_a_prompt_the_backend_would_cut_is_refused_before_calibration(population_copy) -> None:
+    s = _settings(scoring="calibrated", search="greedy", few_shot=40, max_prompt_tokens=256)
+    with pytest.raises(ValueError, match=r"max_prompt_tokens=256 \(the few-shot block"):
+        teach(population_copy, s, progress=False)
+    assert not teacher_layout(population_copy).calibration.exists()  # nothing was spent
+    assert not teacher_layout(population_copy).chains.exists()

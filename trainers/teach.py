@@ -167,7 +167,27 @@ def make_backend(settings: Settings) -> LLMBackend:
         return VLLMBackend(t.model)
     from scaletot_features.llm.hf import TransformersBackend
 
-    return TransformersBackend(t.model, batch_size=t.batch_size)
+    return TransformersBackend(t.model, batch_size=t.batch_size, max_length=t.max_prompt_tokens)
+
+
+def check_prompt_length(scorer: NodeScorer, backend: LLMBackend, texts: list[str],
+                        taxonomy: Taxonomy, limit: int) -> None:
+    """Refuse, before calibration, prompts the backend would have to cut: it keeps a prompt's
+    last tokens, so a long few-shot block would lose its start. Checked on the longest profile
+    text at the deepest node, with every earlier node at its longest value."""
+    tokenize = getattr(backend, "prefix_ids", None)
+    if tokenize is None or not texts or scorer.mode == "factored":
+        return  # factored asks one line at a time: shorter than the whole profile
+    longest = max(texts, key=len)
+    values = [max(t.value_names, key=len) for t in taxonomy.types[:-1]]
+    heads, conts = scorer._prompt(longest, values)
+    n = max(len(tokenize(h)) for h in heads) + max(len(backend.continuation_ids(c)) for c in conts)
+    if n > limit:
+        cause = " (the few-shot block included: lower teacher.few_shot, or" if \
+            scorer.demonstrations else " (a long profile:"
+        raise ValueError(f"teacher prompts reach {n} tokens, above teacher.max_prompt_tokens="
+                         f"{limit}{cause} raise teacher.max_prompt_tokens within the model's "
+                         "context)")
 
 
 @dataclass(frozen=True)
@@ -286,12 +306,13 @@ def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, tax
 
     ``demonstrations`` (``teacher.few_shot``, trainers/few_shot.py) precede every prompt."""
     scorer = NodeScorer(backend, taxonomy, tc.scoring, tc.calibration, demonstrations)
+    rows = _profile_rows(data_dir, pa.array(todo_ids, pa.int64()))
+    texts = [schema.to_text(r, tc.profile_style) for r in rows]
+    check_prompt_length(scorer, backend, texts, taxonomy, tc.max_prompt_tokens)
     before, t_prime = backend.usage.snapshot(), time.perf_counter()
     scorer.prime(calibration_sample(data_dir, schema, tc.calibration_sample, tc.profile_style))
     _add_calibration_cost(out.calibration, time.perf_counter() - t_prime,
                           backend.usage.snapshot() - before)
-    rows = _profile_rows(data_dir, pa.array(todo_ids, pa.int64()))
-    texts = [schema.to_text(r, tc.profile_style) for r in rows]
     description = teacher_description(backend, scorer, cfg, tc.profile_style, taxonomy)
     cache = ChainCache(cache_dir, description, taxonomy) if cache_dir is not None else None
     tkey = teacher_key(description)
