@@ -368,7 +368,35 @@ def teacher_result(teach_dir: Path, ids: np.ndarray, income: pd.Series, tail: pd
                          # the one-off calibration, spread over the rows (older runs: unknown)
                          "calibration_seconds": _calibration_seconds(teach_dir) / max(len(ch), 1)},
         "teach_dir": str(teach_dir),
+        "_expected": pd.Series(e, index=ch["user_id"].to_numpy()),  # for the paired comparison
     }
+
+
+def paired_differences(teachers: list[dict], income: pd.Series, tail: pd.Series, boot: int,
+                       seed: int) -> list[dict]:
+    """Each teacher config minus the first one of its field set, on the rows both have: the
+    Spearman difference and its paired bootstrap 95% CI (the same resampled rows for both)."""
+    out = []
+    for field_set in dict.fromkeys(t["fields"] for t in teachers):
+        group = [t for t in teachers if t["fields"] == field_set]
+        ref = group[0]
+        for t in group[1:]:
+            ix = ref["_expected"].index.intersection(t["_expected"].index)
+            entry = {"fields": field_set, "config": t["config"], "minus": ref["config"]}
+            for name, rows in (("all", ix), ("long_tail", ix[tail.loc[ix].to_numpy()])):
+                a, b = t["_expected"].loc[rows].to_numpy(), ref["_expected"].loc[rows].to_numpy()
+                y = income.loc[rows].to_numpy()
+                rng = np.random.default_rng(seed)
+                diffs = []
+                for _ in range(boot):
+                    i = rng.integers(0, len(y), len(y))
+                    diffs.append(spearmanr(a[i], y[i]).statistic - spearmanr(b[i], y[i]).statistic)
+                entry[name] = {"difference": float(spearmanr(a, y).statistic
+                                                   - spearmanr(b, y).statistic),
+                               "ci": [float(x) for x in np.nanpercentile(diffs, [2.5, 97.5])]
+                               if boot else None, "n": int(len(y))}
+            out.append(entry)
+    return out
 
 
 # ----------------------------------------------------------------------------- the baselines
@@ -595,17 +623,26 @@ def main() -> None:
             log(f"{field_set} {spec.name}: Spearman {fmt_ci(r['metrics']['all']['spearman'])}")
 
     assert test_ids is not None
+    paired = paired_differences(teachers, income, tail, args.boot, args.seed)
     tail_n = int(pop.set_index("user_id").loc[test_ids, "seen_once"].sum())
     result = {
         "dataset": info,
         "test": {"rows": int(len(test_ids)), "long_tail": tail_n, "user_ids": test_ids.tolist(),
                  "tertile_cuts": cuts.tolist(), "tertile_rule": "low < cut1 <= medium < cut2 <= high",
                  "bootstrap": {"resamples": args.boot, "seed": args.seed}},
-        "teachers": teachers, "teach_errors": errors, "baselines": bases, "timings_s": timings,
+        "paired": paired,
+        "teachers": [{k: v for k, v in t.items() if not k.startswith("_")} for t in teachers],
+        "teach_errors": errors, "baselines": bases, "timings_s": timings,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
     write_json_atomic(result, args.out)
     print_table(result)
+    for d in paired:
+        log(f"{d['fields']} {d['config']} minus {d['minus']}: Spearman "
+            f"{d['all']['difference']:+.3f} [{d['all']['ci'][0]:+.3f}, {d['all']['ci'][1]:+.3f}]"
+            f", long tail {d['long_tail']['difference']:+.3f} [{d['long_tail']['ci'][0]:+.3f}, "
+            f"{d['long_tail']['ci'][1]:+.3f}] (paired bootstrap)" if d["all"]["ci"] else
+            f"{d['fields']} {d['config']} minus {d['minus']}: {d['all']['difference']:+.3f}")
     log("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     for e in errors:
         log(f"not in the table: {e['fields']} {e['config']}: {e['error']}")
