@@ -105,8 +105,13 @@ class Taxonomy(BaseModel):
         """A short content hash: artifacts record it so a changed taxonomy is detected.
 
         Keys are not sorted: the order of types and of values is part of the taxonomy (it is the
-        order of chain nodes and of per-value probability lists)."""
-        blob = json.dumps(self.model_dump()).encode()
+        order of chain nodes and of per-value probability lists). The order of the
+        ``outcome_types`` labels is not (a mapping from label column to types): it is sorted, so
+        a taxonomy read back from a JSON written with sorted keys (an encoder manifest) keeps
+        its fingerprint."""
+        raw = self.model_dump()
+        raw["outcome_types"] = dict(sorted(raw["outcome_types"].items()))
+        blob = json.dumps(raw).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

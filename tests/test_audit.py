@@ -127,3 +127,47 @@ def test_a_labels_file_outcome_is_audited_by_name_or_the_skip_says_what_to_name(
     assert entry["label_column"] == "annual_income"
     # monetization_propensity's distribution was built from the revenue: it ranks the income
     assert entry["states"]["monetization_propensity"]["spearman_expected"] > 0.5
+
+
+def test_a_labels_file_outcome_left_unknown_for_some_users_audits_the_others(
+        tiny_population, tmp_path) -> None:
+    """An empty cell in a labels file is an unknown outcome (ingest keeps it null): the audit
+    ranks the states over the covered users whose outcome is known, instead of failing the whole
+    `teach` at its end on NaN (as it did on the Lending Club loans, whose 0 incomes were unknown)."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    from scaletot_features.data.ingest import ingest
+    from scaletot_features.taxonomy import DEFAULT_TAXONOMY
+
+    events_labels = read_table(tiny_population / "labels").slice(0, 300)
+    income = pa.compute.add(events_labels.column("revenue_30"), 1.0).to_pylist()
+    unknown = set(range(0, 300, 7))  # 43 users without a known income
+    income = [None if i in unknown else v for i, v in enumerate(income)]
+    pq.write_table(pa.table({"user_id": events_labels.column("user_id"),
+                             "annual_income": pa.array(income, pa.float64())}),
+                   tmp_path / "labels.parquet")
+    data = tmp_path / "mine"
+    ingest(tiny_population / "profiles", None, data, labels=tmp_path / "labels.parquet")
+    own = DEFAULT_TAXONOMY.model_dump(mode="json")
+    own["outcome_types"] = {"annual_income": ["monetization_propensity", "spending_power"]}
+    (tmp_path / "taxonomy.yaml").write_text(yaml.safe_dump(own))
+    settings = build_settings("tiny", {"taxonomy_path": str(tmp_path / "taxonomy.yaml")})
+
+    report = teacher_audit(data, settings, _chains(events_labels, _by_outcome))
+    assert report["available"]
+    entry = report["outcomes"]["annual_income"]
+    assert entry["users"] == 300 - len(unknown)
+    assert entry["profile_ridge_cv"] is None or -1 <= entry["profile_ridge_cv"] <= 1
+    assert entry["states"]["monetization_propensity"]["spearman_expected"] > 0.5
+
+    # every covered user's income unknown: said, not failed
+    pq.write_table(pa.table({"user_id": events_labels.column("user_id"),
+                             "annual_income": pa.nulls(300, pa.float64())}),
+                   tmp_path / "none.parquet")
+    ingest(tiny_population / "profiles", None, tmp_path / "none",
+           labels=tmp_path / "none.parquet")
+    report = teacher_audit(tmp_path / "none", settings, _chains(events_labels, _by_outcome))
+    assert not report["available"]
+    assert "only 0 covered users have a known annual_income" in \
+        report["outcomes"]["annual_income"]["reason"]

@@ -51,3 +51,27 @@ def test_fingerprint_sees_value_order():
     first["values"] = dict(reversed(list(first["values"].items())))
     reordered = type(DEFAULT_TAXONOMY).model_validate(raw)
     assert reordered.fingerprint() != DEFAULT_TAXONOMY.fingerprint()
+
+
+def test_fingerprint_survives_a_sorted_key_json_round_trip_of_outcome_types():
+    """An encoder manifest is written with sorted keys: outcome_types keyed in another order
+    (total_charges before tenure) came back reordered, its fingerprint changed, and `embed`
+    refused the encoder just distilled ("the manifest was edited")."""
+    import json
+
+    from scaletot_features.encoder.artifact import (
+        taxonomy_digest, taxonomy_from_json, taxonomy_to_json)
+
+    raw = DEFAULT_TAXONOMY.model_dump()
+    raw["outcome_types"] = {"total_charges": ["spending_power"], "tenure": ["retention_outlook"]}
+    tax = type(DEFAULT_TAXONOMY).model_validate(raw)
+    back = taxonomy_from_json(json.loads(json.dumps(taxonomy_to_json(tax), sort_keys=True)))
+    assert list(back.outcome_types) == ["tenure", "total_charges"]  # reordered by the JSON
+    assert back.fingerprint() == tax.fingerprint()
+    assert taxonomy_digest(back) == taxonomy_digest(tax)
+    # which label maps to which types still counts
+    raw["outcome_types"] = {"total_charges": ["retention_outlook"], "tenure": ["spending_power"]}
+    assert type(DEFAULT_TAXONOMY).model_validate(raw).fingerprint() != tax.fingerprint()
+    # a taxonomy keyed in sorted order (the default) keeps the fingerprint it always had
+    assert DEFAULT_TAXONOMY.fingerprint() == __import__("hashlib").sha256(
+        json.dumps(DEFAULT_TAXONOMY.model_dump()).encode()).hexdigest()[:16]

@@ -124,20 +124,28 @@ def teacher_audit(data_dir: Path, settings: Settings, chains: pa.Table) -> dict:
         col = outcome_column(outcome, settings.data.horizon_days, labels.column_names)
         if col is None:
             continue
-        y = np.log1p(np.clip(labels.column(col).to_numpy().astype(float), 0, None))
+        # a labels file may leave an outcome unknown (an empty cell): audit the users that have it
+        raw = labels.column(col).to_numpy(zero_copy_only=False).astype(float)
+        known = np.isfinite(raw)
+        if known.sum() < MIN_USERS:
+            report["outcomes"][outcome] = {"label_column": col, "users": int(known.sum()),
+                                           "reason": f"only {int(known.sum())} covered users "
+                                           f"have a known {col} (need {MIN_USERS})"}
+            continue
+        y = np.log1p(np.clip(raw[known], 0, None))
         if np.ptp(y) == 0:
             report["outcomes"][outcome] = {"label_column": col, "reason": "the outcome is the "
                                            f"same ({float(y[0]):g}) for every covered user"}
             continue
-        entry: dict = {"label_column": col,
-                       "profile_ridge_cv": _finite(spearman(y, _oof_ridge(x_profile, y))),
+        entry: dict = {"label_column": col, "users": int(known.sum()),
+                       "profile_ridge_cv": _finite(spearman(y, _oof_ridge(x_profile[known], y))),
                        "states": {}}
         for t in types:
             if probs_column(t) not in chains.column_names or chains.column(probs_column(t)).null_count:
                 entry["states"][t] = {"reason": "chains without distributions (written before "
                                       "T_probs existed): rerun `scaletot teach --overwrite`"}
                 continue
-            probs = np.array(chains.column(probs_column(t)).to_pylist(), dtype=float)
+            probs = np.array(chains.column(probs_column(t)).to_pylist(), dtype=float)[known]
             expected = probs @ np.arange(probs.shape[1])
             entry["states"][t] = {"spearman_expected": _finite(spearman(y, expected)),
                                   "spearman_cv": _finite(spearman(y, _oof_ridge(probs, y)))}
