@@ -503,6 +503,7 @@ SPLIT_USES: dict[str, int] = {
     "eval_test": 31337,       # trainers/evaluate: the LTV comparison's test users
     "eval_order": 17,         # trainers/evaluate: who the LLM reasons about first
     "ltv_val": 104729,        # trainers/ltv: the LTV model's early-stopping users
+    "encoder_folds": 52711,   # benchmarks/encoder_text: the cross-fitting folds of covered users
     "few_shot": 611953,       # trainers/few_shot: which labelled users the teacher is shown
 }
 """Every split of users by id, and the offset its configured seed gets. Splits drawn with the
