@@ -16,8 +16,9 @@ The data enters as a user's own would (issue 14, item 5):
 - `scaletot ingest --profiles profiles.csv --labels labels.csv` with `benchmarks/loans/ltv.yaml`
   (`ltv.targets: [{name: annual_income, kind: lognormal}]`), then `validate`, `teach` (the
   packaged SmolLM2-135M teacher, default `calibrated` scoring, 7.32% = 732 loans, the taxonomy of
-  `--taxonomy` whose `outcome_types` key is `annual_income`), `train-student` (LoRA SFT; no
-  OSIPO: its reward reads lt30 / revenue_30 only), `distill`, `embed`, `features apply` and
+  `--taxonomy` whose `outcome_types` key is `annual_income`), `train-student` (LoRA SFT; OSIPO
+  off in the config, as the published table was measured: `student.outcome: auto` would reward
+  it on annual_income in quantile buckets of the training users), `distill`, `embed`, `features apply` and
   `evaluate` (rows A, A-gbdt, B, C-teacher, C, D and the coverage sweep; 3 seeds).
 
 Every stage is a `scaletot` command run from the repository root (`python -m

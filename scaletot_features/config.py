@@ -157,8 +157,12 @@ class StudentConfig(_Section):
     osipo_learning_rate: float = Field(5e-5, gt=0, description="OSIPO's own (smaller) rate")
     osipo_batch_size: int = Field(4, ge=1, description="profiles per OSIPO step")
     rollout_temperature: float = Field(1.0, gt=0)
-    outcome: Literal["lt30", "revenue_30", "both"] = Field(
-        "both", description="which realised outcome drives OSIPO's reward")
+    outcome: str = Field(
+        "auto", min_length=1,
+        description="which realised outcome drives OSIPO's reward: auto (event labels: both; a "
+        "labels file: every label column an outcome_types key names, bucketed by the training "
+        "users' quantiles), lt30, revenue_30, both (the event labels, fixed buckets), or one "
+        "label column of a labels file (checked against the dataset when train-student starts)")
     outcome_segment_weight: float = Field(2.0, ge=0, description="w_s of outcome-bearing nodes")
     reweight_user_segments: bool = Field(True, description="inverse-frequency user weights")
     infer_batch_size: int = Field(16, ge=1, description="users decoded together")

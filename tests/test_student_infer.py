@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -13,11 +14,12 @@ import torch
 from scaletot_features.chain import ChainParseError, chain_text, parse_chain_values, segment_spans
 from scaletot_features.config import build_settings
 from scaletot_features.data.io import read_table
-from scaletot_features.dataset import student_chain_schema
+from scaletot_features.dataset import student_chain_schema, student_manifest
 from scaletot_features.reasoning.chain_tokens import chain_tokens, encode_prompt
 from scaletot_features.reasoning.constrained_decoder import ConstrainedDecoder
 from scaletot_features.reasoning.prompts import student_prompt
 from scaletot_features.taxonomy import DEFAULT_TAXONOMY as TAX
+from trainers.osipo_reward import DEFAULT_OUTCOME_BUCKETS
 from trainers.student_stage import covered_user_ids, run_inference, student_paths, train_student
 from trainers.teach import teach
 
@@ -99,6 +101,12 @@ def test_train_student_writes_every_stage_and_then_skips(trained):
         assert paths[key].exists(), key
     assert report["sft"]["steps"] == s.student.sft_max_steps
     assert report["osipo"]["steps"] == s.student.osipo_max_steps
+    # event-derived labels: student.outcome auto is both, on the fixed default buckets
+    osipo = json.loads(student_manifest(paths["osipo"]).read_text())
+    assert osipo["outcome"] == "both"
+    assert [{k: v for k, v in b.items() if k not in ("source", "known_users")}
+            for b in osipo["outcome_buckets"]] == [b.as_dict() for b in DEFAULT_OUTCOME_BUCKETS]
+    assert {b["source"] for b in osipo["outcome_buckets"]} == {"default"}
     assert report["sft"]["peak_rss_mb"] >= report["sft"]["start_rss_mb"] > 0
     again = train_student(data, s, progress=False)
     assert all("skipped" in again[k] for k in ("sft", "osipo", "infer"))

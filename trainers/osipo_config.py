@@ -14,7 +14,10 @@ from typing import Literal
 from scaletot_features.taxonomy import Taxonomy
 from trainers.osipo_reward import DEFAULT_OUTCOME_BUCKETS, REWARD_INVALID, OutcomeBucket
 
-Outcome = Literal["lt30", "revenue_30", "both"]
+Outcome = Literal["lt30", "revenue_30", "both", "labels"]
+LEGACY_OUTCOMES = {"lt30": ("lt30",), "revenue_30": ("revenue_30",),
+                   "both": ("lt30", "revenue_30")}
+"""The event-derived outcomes and the labels they read (with the fixed default buckets)."""
 
 
 @dataclass
@@ -35,7 +38,9 @@ class OSIPOConfig:
         Temperature of the node-by-node value sampling (1 = the policy's own distribution).
     outcome:
         Which realised outcome drives the reward and the segment emphasis: ``"lt30"`` (active
-        days), ``"revenue_30"`` (revenue) or ``"both"``.
+        days), ``"revenue_30"`` (revenue), ``"both"``, or ``"labels"``: every bucket of
+        ``outcome_buckets``, on the labels they name (a labels file's columns, with buckets from
+        ``osipo_reward.quantile_buckets``).
     outcome_buckets:
         How labels map to state values (see ``OutcomeBucket``); only the buckets whose label is
         part of ``outcome`` are used. The defaults fit the default taxonomy and 30-day labels:
@@ -105,14 +110,19 @@ class OSIPOConfig:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.rollouts_per_profile < 2:
             raise ValueError("rollouts_per_profile must be >= 2: a pair needs two rollouts")
-        if self.outcome not in ("lt30", "revenue_30", "both"):
-            raise ValueError(f"outcome must be lt30, revenue_30 or both, got {self.outcome!r}")
+        if self.outcome not in (*LEGACY_OUTCOMES, "labels"):
+            raise ValueError(f"outcome must be lt30, revenue_30, both or labels, "
+                             f"got {self.outcome!r}")
+        if self.outcome == "labels" and not self.outcome_buckets:
+            raise ValueError("outcome 'labels' needs outcome_buckets (quantile_buckets)")
         if self.rollout_temperature <= 0:
             raise ValueError("rollout_temperature must be > 0 (rollouts are sampled)")
 
     @property
     def outcome_labels(self) -> tuple[str, ...]:
-        return ("lt30", "revenue_30") if self.outcome == "both" else (self.outcome,)
+        if self.outcome == "labels":
+            return tuple(dict.fromkeys(b.label for b in self.outcome_buckets))
+        return LEGACY_OUTCOMES[self.outcome]
 
     def active_buckets(self) -> tuple[OutcomeBucket, ...]:
         """The buckets the reward uses: those of the configured outcome(s)."""

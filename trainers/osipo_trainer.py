@@ -107,7 +107,8 @@ class OSIPOTrainer:
     """Train a causal LM (SFT'd student) with OSIPO on profiles with realised outcomes.
 
     ``train_dataset`` rows (dicts, or a ``datasets.Dataset``) hold ``user_id``, ``prompt``
-    (``student_prompt(profile_text, taxonomy)``), the labels ``lt30`` and ``revenue_30``, and
+    (``student_prompt(profile_text, taxonomy)``), the labels ``args.outcome_labels`` names
+    (``lt30`` and ``revenue_30``, or a labels file's columns; None = unknown), and
     optionally ``segment`` (the user's stratum, for re-weighting). With ``peft_config`` the model
     gets fresh LoRA adapters and the reference is the same model with them disabled; without, the
     reference is ``ref_model`` or a frozen copy of ``model``.
@@ -168,7 +169,8 @@ class OSIPOTrainer:
     # -- rollouts and pairs -------------------------------------------------------------------
 
     def reward(self, values: dict[str, str] | None, row: Mapping[str, Any]) -> float:
-        return outcome_reward(values, {k: float(row[k]) for k in self.args.outcome_labels},
+        return outcome_reward(values, {k: None if row[k] is None else float(row[k])
+                                       for k in self.args.outcome_labels},
                               self.taxonomy, self.buckets, self.args.reward_invalid)
 
     @torch.no_grad()

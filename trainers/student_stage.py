@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,12 @@ import pyarrow.parquet as pq
 
 from scaletot_features.config import Settings
 from scaletot_features.data.io import read_json, read_table, write_json_atomic
-from scaletot_features.dataset import DatasetLayout, label_source, student_manifest
+from scaletot_features.dataset import (
+    LABELS_FROM_EVENTS,
+    DatasetLayout,
+    label_source,
+    student_manifest,
+)
 from scaletot_features.runtime import torch_threads
 from scaletot_features.data.labels import label_names
 
@@ -89,33 +95,123 @@ def student_paths(data_dir: Path) -> dict[str, Path]:
 # ---- OSIPO ----------------------------------------------------------------------------------
 
 
-def osipo_config(settings: Settings, output_dir: Path | str = "osipo"):  # -> OSIPOConfig
-    """The OSIPO configuration the ``student`` settings describe."""
+def osipo_config(settings: Settings, output_dir: Path | str = "osipo",
+                 plan: "OutcomePlan | None" = None, buckets: tuple | None = None):  # -> OSIPOConfig
+    """The OSIPO configuration the ``student`` settings describe. Without a ``plan``
+    (:func:`resolve_osipo_outcome`), ``student.outcome: auto`` reads the event labels (``both``);
+    a plan on a labels file's columns needs its ``buckets`` (:func:`outcome_buckets`)."""
     from trainers.osipo_config import OSIPOConfig
 
     s = settings.student
+    outcome = plan.outcome if plan is not None else ("both" if s.outcome == "auto" else s.outcome)
+    extra = {"outcome_buckets": tuple(buckets)} if buckets is not None else {}
     return OSIPOConfig(
         output_dir=str(output_dir), beta=s.beta, rollouts_per_profile=s.rollouts_per_profile,
-        rollout_temperature=s.rollout_temperature, outcome=s.outcome,
+        rollout_temperature=s.rollout_temperature, outcome=outcome,
         outcome_segment_weight=s.outcome_segment_weight,
         reweight_user_segments=s.reweight_user_segments, learning_rate=s.osipo_learning_rate,
         max_steps=s.osipo_max_steps, per_device_train_batch_size=s.osipo_batch_size,
-        max_length=s.max_length, rollout_batch_size=s.infer_batch_size, seed=s.seed,
+        max_length=s.max_length, rollout_batch_size=s.infer_batch_size, seed=s.seed, **extra,
     )
 
 
-def outcome_rows(data_dir: Path, user_ids: Sequence[int], horizon_days: int) -> dict[int, dict]:
-    """user_id -> {"lt30", "revenue_30"} (the horizon's labels under OSIPO's names) and
-    ``segment`` (the coverage stratum, for user re-weighting)."""
-    active, revenue = label_names(horizon_days)
+@dataclass(frozen=True)
+class OutcomePlan:
+    """What OSIPO's reward reads on a dataset: ``outcome`` ``lt30``/``revenue_30``/``both`` (the
+    event labels, fixed buckets; ``columns`` empty) or ``labels`` with ``columns`` state type ->
+    label column (buckets from the training users' quantiles)."""
+
+    outcome: str
+    columns: dict[str, str]
+
+
+LEGACY = ("lt30", "revenue_30", "both")
+
+
+def resolve_osipo_outcome(data_dir: Path, settings: Settings) -> OutcomePlan:
+    """``student.outcome`` on this dataset, or a ValueError naming the field, the label columns
+    and the way out, before anything is trained or loaded.
+
+    ``auto``: a dataset whose labels were derived from events gets ``both`` (the fixed buckets
+    of ``osipo_reward.DEFAULT_OUTCOME_BUCKETS``); one whose labels came from a labels file gets
+    every state type the taxonomy's ``outcome_types`` ties to one of its columns (matched as the
+    teacher's demonstrations match them, ``trainers.few_shot.outcome_label_columns``). A label
+    column's name: only the types tied to that column. ``lt30``/``revenue_30``/``both``: the
+    event labels at the dataset's horizon, which must be among its labels."""
+    from trainers.few_shot import outcome_label_columns
+
+    s = settings.student
+    manifest = read_json(DatasetLayout(Path(data_dir)).manifest)
+    labels = list(manifest.get("label_names") or ())
+    source = label_source(manifest)
+    choice = s.outcome
+    if choice == "auto":
+        choice = "both" if source == LABELS_FROM_EVENTS else None
+    if choice in LEGACY:
+        active, revenue = label_names(settings.data.horizon_days)
+        needed = {"lt30": active, "revenue_30": revenue}
+        wanted = [needed[o] for o in (("lt30", "revenue_30") if choice == "both" else (choice,))]
+        missing = [c for c in wanted if c not in labels]
+        if missing:
+            raise ValueError(
+                f"student.outcome {s.outcome!r}: OSIPO rewards chains on the label(s) {missing} "
+                f"(active days and revenue at the {settings.data.horizon_days}-day horizon), and "
+                f"this dataset's labels are {labels} (label_source: {source}); set "
+                "student.outcome to one of them (or auto), set student.osipo_max_steps: 0 to "
+                "train the student by SFT alone, or ingest events so that these labels are "
+                "derived")
+        return OutcomePlan(choice, {})
+    if choice is not None and choice not in labels:
+        raise ValueError(
+            f"student.outcome {s.outcome!r} is not auto, lt30, revenue_30, both nor a label "
+            f"column of this dataset; its label columns are {labels} (label_source: {source})")
+    columns = outcome_label_columns(settings, labels)
+    if choice is not None:
+        columns = {t: c for t, c in columns.items() if c == choice}
+    if not columns:
+        keys = sorted(settings.taxonomy().outcome_types)
+        raise ValueError(
+            f"student.outcome {s.outcome!r}: OSIPO rewards the state types the taxonomy's "
+            f"outcome_types ties to a label column, and its keys {keys} name none of "
+            f"{[choice] if choice else labels} (this dataset's label columns: {labels}, "
+            f"label_source: {source}); key outcome_types by a label column (e.g. "
+            f"{{{labels[0] if labels else 'your_label'}: [a_state_type]}}), or set "
+            "student.osipo_max_steps: 0 to train the student by SFT alone")
+    return OutcomePlan("labels", columns)
+
+
+def check_osipo_outcome(data_dir: Path, settings: Settings) -> None:
+    """Refuse, before any training, a ``student.outcome`` the dataset cannot serve
+    (:func:`resolve_osipo_outcome`)."""
+    resolve_osipo_outcome(data_dir, settings)
+
+
+def outcome_rows(data_dir: Path, user_ids: Sequence[int], horizon_days: int,
+                 plan: OutcomePlan | None = None) -> dict[int, dict]:
+    """user_id -> the labels OSIPO reads and ``segment`` (the coverage stratum, for user
+    re-weighting). The event labels (no ``plan``, or a ``lt30``/``revenue_30``/``both`` one):
+    ``{"lt30", "revenue_30"}``, the horizon's labels under OSIPO's names, every user needing
+    them. A plan on a labels file's columns: each column by its own name, None where the value
+    is unknown (an empty cell, or no row for the user)."""
     ids = pa.array(list(user_ids), pa.int64())
-    labels = read_table(DatasetLayout(Path(data_dir)).labels, columns=["user_id", active, revenue])
-    labels = labels.filter(pc.is_in(labels.column("user_id"), value_set=ids)).to_pylist()
-    out = {r["user_id"]: {"lt30": float(r[active]), "revenue_30": float(r[revenue])} for r in labels}
-    missing = [u for u in user_ids if u not in out]
-    if missing:
-        raise KeyError(f"{len(missing)} users have no labels, e.g. user_id={missing[0]}")
-    coverage = DatasetLayout(data_dir).teacher.coverage
+    layout = DatasetLayout(Path(data_dir))
+    if plan is None or plan.outcome in LEGACY:
+        active, revenue = label_names(horizon_days)
+        labels = read_table(layout.labels, columns=["user_id", active, revenue])
+        labels = labels.filter(pc.is_in(labels.column("user_id"), value_set=ids)).to_pylist()
+        out = {r["user_id"]: {"lt30": float(r[active]), "revenue_30": float(r[revenue])}
+               for r in labels}
+        missing = [u for u in user_ids if u not in out]
+        if missing:
+            raise KeyError(f"{len(missing)} users have no labels, e.g. user_id={missing[0]}")
+    else:
+        cols = sorted(set(plan.columns.values()))
+        labels = read_table(layout.labels, columns=["user_id", *cols])
+        labels = labels.filter(pc.is_in(labels.column("user_id"), value_set=ids)).to_pylist()
+        known = {r["user_id"]: r for r in labels}
+        out = {u: {c: (None if known.get(u, {}).get(c) is None else float(known[u][c]))
+                   for c in cols} for u in user_ids}
+    coverage = layout.teacher.coverage
     if coverage.exists():
         cov = pq.read_table(coverage, columns=["user_id", "stratum"]).to_pylist()
         strata = {r["user_id"]: r["stratum"] for r in cov}
@@ -124,35 +220,26 @@ def outcome_rows(data_dir: Path, user_ids: Sequence[int], horizon_days: int) -> 
     return out
 
 
-def check_osipo_outcome(data_dir: Path, settings: Settings) -> None:
-    """Refuse, before any training, a ``student.outcome`` the dataset has no labels for.
+def outcome_buckets(settings: Settings, plan: OutcomePlan, rows: Sequence[dict]) -> tuple:
+    """The reward's buckets: the fixed defaults for the event labels; for a labels file's
+    columns, the quantile buckets of ``rows`` (the training users' :func:`osipo_records`, never
+    the held-out ones)."""
+    from trainers.osipo_reward import DEFAULT_OUTCOME_BUCKETS, quantile_buckets
 
-    OSIPO's reward buckets realised active days and revenue (``osipo_reward.OutcomeBucket``),
-    labels derived from events. A dataset whose labels came from a labels file (an income, a
-    365-day value) has none of them unless the file named its columns so: rather than guess a
-    bucketing for an outcome nobody described, the stage stops naming the settings to change."""
-    s = settings.student
-    active, revenue = label_names(settings.data.horizon_days)
-    needed = {"lt30": active, "revenue_30": revenue}
-    wanted = [needed[o] for o in (("lt30", "revenue_30") if s.outcome == "both" else (s.outcome,))]
-    manifest = read_json(DatasetLayout(Path(data_dir)).manifest)
-    labels = list(manifest.get("label_names") or ())
-    missing = [c for c in wanted if c not in labels]
-    if missing:
-        raise ValueError(
-            f"student.outcome {s.outcome!r}: OSIPO rewards chains on the label(s) {missing} "
-            f"(active days and revenue at the {settings.data.horizon_days}-day horizon), and this "
-            f"dataset's labels are {labels} (label_source: {label_source(manifest)}); set "
-            "student.osipo_max_steps: 0 to train the student by SFT alone, or ingest events so "
-            "that these labels are derived")
+    if plan.outcome in LEGACY:
+        return DEFAULT_OUTCOME_BUCKETS
+    cols = set(plan.columns.values())
+    return quantile_buckets(settings.taxonomy(), plan.columns,
+                            {c: [r[c] for r in rows] for c in cols})
 
 
-def osipo_records(data_dir: Path, settings: Settings) -> list[dict[str, Any]]:
+def osipo_records(data_dir: Path, settings: Settings,
+                  plan: OutcomePlan | None = None) -> list[dict[str, Any]]:
     """The OSIPO training rows: train-split users' prompts, outcome labels and segments."""
     from trainers.sft import sft_records
 
     rows = sft_records(data_dir, settings, "train")
-    extra = outcome_rows(data_dir, [r["user_id"] for r in rows], settings.data.horizon_days)
+    extra = outcome_rows(data_dir, [r["user_id"] for r in rows], settings.data.horizon_days, plan)
     return [{"user_id": r["user_id"], "prompt": r["prompt"], **extra[r["user_id"]]} for r in rows]
 
 
@@ -168,9 +255,11 @@ def train_osipo(data_dir: Path, settings: Settings, progress: bool = True,
     if not paths["sft"].exists():
         raise FileNotFoundError(f"OSIPO starts from the SFT student: run the sft stage first ({paths['sft']})")
     s = settings.student
-    rows = osipo_records(data_dir, settings)
+    plan = resolve_osipo_outcome(data_dir, settings)
+    rows = osipo_records(data_dir, settings, plan)
+    buckets = outcome_buckets(settings, plan, rows)  # before the model loads: a refusal is cheap
     model, tokenizer = load_model(paths["sft"], progress)
-    args = osipo_config(settings, paths["osipo"])
+    args = osipo_config(settings, paths["osipo"], plan, buckets)
     trainer = OSIPOTrainer(model, args, rows, tokenizer, settings.taxonomy(),
                            peft_config=lora_config(settings) if s.lora else None)
     summary = trainer.train(progress=progress)
@@ -181,6 +270,10 @@ def train_osipo(data_dir: Path, settings: Settings, progress: bool = True,
         "stage": "osipo", "base_model": s.model, "base_model_id": sft_meta.get("base_model_id"),
         "lora": s.lora, "train_users": len(rows), "beta": args.beta,
         "rollouts_per_profile": args.rollouts_per_profile, "outcome": args.outcome,
+        "outcome_buckets": [dict(b.as_dict(), source=(
+            "default" if plan.outcome in LEGACY else "training users' quantiles"),
+            known_users=sum(r.get(b.label) is not None for r in rows))
+            for b in args.active_buckets()],
         "segment_weights": dict(zip(settings.taxonomy().type_names,
                                     args.segment_weight_vector(settings.taxonomy()))),
         "learning_rate": args.learning_rate, "profiles_per_step": args.per_device_train_batch_size,

@@ -26,13 +26,22 @@ class Demonstration:
     values: dict[str, str]
 
 
+def outcome_cuts(y: np.ndarray, k: int) -> np.ndarray:
+    """The k - 1 cut points of ``k`` outcome bins: the empirical quantiles 1/k .. (k-1)/k of
+    ``y`` (none when ``k < 2`` or ``y`` is empty). A value is in bin ``searchsorted(cuts, value,
+    side="left")``: one on a cut point falls in the lower bin (:func:`outcome_bins`). OSIPO's
+    reward reads a labels file's outcomes through the same cuts (trainers/osipo_reward.py)."""
+    y = np.asarray(y, dtype=np.float64)
+    if k < 2 or len(y) == 0:
+        return np.zeros(0, dtype=np.float64)
+    return np.quantile(y, np.arange(1, k) / k)
+
+
 def outcome_bins(y: np.ndarray, k: int) -> np.ndarray:
     """Bin 0..k-1 of each value by the empirical quantiles of ``y``; ties share a bin (a mass
     of zeros falls in the lowest), so a bin may be empty."""
     y = np.asarray(y, dtype=np.float64)
-    if k < 2 or len(y) == 0:
-        return np.zeros(len(y), dtype=np.int64)
-    cuts = np.quantile(y, np.arange(1, k) / k)
+    cuts = outcome_cuts(y, k)
     return np.searchsorted(cuts, y, side="left").astype(np.int64)
 
 
