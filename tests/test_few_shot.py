@@ -3,6 +3,8 @@ real teach run with them on the tiny population and the tiny random model."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -107,12 +109,20 @@ def test_bad_few_shot_settings_are_refused_before_any_model(population_copy) -> 
     assert select_demonstrations(population_copy, _settings(few_shot=0), covered) == []
 
 
-def test_teach_with_demonstrations_writes_chains_of_its_own_key(population_copy) -> None:
+def test_teach_with_demonstrations_writes_chains_of_its_own_key(population_copy, tmp_path) -> None:
+    plain_dir = tmp_path / "plain"
+    shutil.copytree(population_copy, plain_dir)
     s = _settings(scoring="calibrated", search="greedy", few_shot=4)
     summary = teach(population_copy, s, progress=False)
     chains = load_chains(population_copy)
     covered = pq.read_table(teacher_layout(population_copy).coverage).column("user_id")
     assert summary.written == chains.num_rows == len(covered)
+    # The teacher's prompts held the block: the same users without it get other distributions.
+    teach(plain_dir, _settings(scoring="calibrated", search="greedy"), progress=False)
+    col = "spending_power_probs"
+    shown = chains.sort_by("user_id").column(col).to_pylist()
+    plain = load_chains(plain_dir).sort_by("user_id").column(col).to_pylist()
+    assert not np.allclose(np.array(shown), np.array(plain), rtol=1e-3, atol=1e-6)
     # A run without demonstrations is another configuration: refused on resume.
     with pytest.raises(RuntimeError, match="overwrite"):
         teach(population_copy, _settings(scoring="calibrated", search="greedy"), progress=False)
