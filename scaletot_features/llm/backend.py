@@ -98,6 +98,16 @@ class LLMBackend(Protocol):
         ...
 
 
+def score_continuations_many(backend: LLMBackend,
+                             requests: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
+    """Each (prefix, candidates) request scored, one scoring call each: batched where the backend
+    can (the transformers backend's ``score_continuations_many``), else one at a time."""
+    many = getattr(backend, "score_continuations_many", None)
+    if many is not None:
+        return list(many(requests))
+    return [backend.score_continuations(p, c) for p, c in requests]
+
+
 def encode_prefix(tokenizer: Any, text: str, start_id: int) -> list[int]:
     """Prefix tokens with the tokenizer's own special tokens (BOS where the model wants one);
     ``[start_id]`` for an empty prefix, because the first continuation token needs context."""

@@ -29,12 +29,22 @@ from scaletot_features.llm.backend import (
     render_chat,
     start_token_id,
 )
-from scaletot_features.llm.kv_cache import cache_argument, cache_nbytes, output_cache
+from scaletot_features.llm.kv_cache import (
+    cache_argument,
+    cache_nbytes,
+    cache_row,
+    output_cache,
+    stack_caches,
+)
 from scaletot_features.llm.packaged import model_id_for, resolve_model, set_offline_env
 
 # Reusing a cached prefix costs a deep copy of its KV cache: below this many shared tokens,
 # running the prefix again is as cheap.
 MIN_SHARED_PREFIX = 8
+# Architectures whose logits are the LM head of the last hidden state (no soft-capping, no
+# scaling) and whose KV cache is full-attention: their requests can be batched (see
+# score_continuations_many); the others are scored one request at a time.
+BATCHED_MODEL_TYPES = ("llama", "qwen2")
 
 
 class TransformersBackend:
@@ -54,6 +64,8 @@ class TransformersBackend:
         max_length: int = 1024,
         prefix_cache_size: int = 64,
         prefix_cache_mb: float = 1024.0,
+        batch_tokens: int = 16384,
+        batch_requests: bool = True,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -67,6 +79,10 @@ class TransformersBackend:
         # A bound in bytes too: 64 prompts after a 1,200-token few-shot block are 4.4 GB of KV
         # cache on the 1.5B (57 KB per token), which ran a 24 GB machine out of memory.
         self.prefix_cache_mb = prefix_cache_mb
+        # Requests scored together: at most this many cache + new token positions per batched
+        # forward (bounds the stacked KV cache: 16k positions are ~0.9 GB on the 1.5B).
+        self.batch_tokens = batch_tokens
+        self.batch_requests = batch_requests  # False: one request at a time (the reference path)
         self._prefix_bytes: dict[tuple[int, ...], int] = {}
         self._prefixes: OrderedDict[tuple[int, ...], tuple[Any, torch.Tensor]] = OrderedDict()
         self.usage = BackendUsage()
@@ -74,6 +90,9 @@ class TransformersBackend:
         lm: Any = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=dtype)
         self.model: Any = lm.to(self.device).eval()
         self._cache_kw = cache_argument(self.model)
+        self._decoder: Any = self.model.base_model
+        self._decoder_cache_kw = cache_argument(self._decoder)
+        self._batchable = self.model.config.model_type in BATCHED_MODEL_TYPES
         params = inspect.signature(self.model.forward).parameters
         # The prefix pass needs the last position's logits only: skip the rest of the LM head.
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -137,6 +156,146 @@ class TransformersBackend:
             scores[chunk] = (lp * mask).sum(dim=1).double().cpu().numpy()
         return scores
 
+    @torch.inference_mode()
+    def score_continuations_many(
+        self, requests: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[np.ndarray]:
+        """:meth:`score_continuations` for many (prefix, candidates) requests: one scoring call
+        each, the same scores up to float rounding (tests).
+
+        A user's depth-t prompt is its depth t-1 prompt plus one turn, and scoring one request at
+        a time runs that turn as a forward of a few dozen tokens, which keeps the cores waiting
+        on the weights. Here the new tokens of every request (past the longest prefix each shares
+        with a cached prompt) run together in right-padded forwards over their stacked KV
+        caches, and so do all the multi-token candidates. Architectures outside
+        ``BATCHED_MODEL_TYPES``, and ``batch_requests=False``, take the one-at-a-time path.
+        """
+        if not (self.batch_requests and self._batchable) or len(requests) < 2:
+            return [self.score_continuations(p, c) for p, c in requests]
+        self.usage.scoring_calls += len(requests)
+        conts = [[self.continuation_ids(c) for c in cs] for _, cs in requests]
+        scores = [np.zeros(len(c), dtype=np.float64) for c in conts]
+        live = [i for i, c in enumerate(conts) if any(c)]  # an empty continuation scores 0
+        pids = [tuple(self._fit(self.prefix_ids(requests[i][0]), max(map(len, conts[i]))))
+                for i in live]
+        # The multi-token candidates of one request share one row: each attends the request's
+        # prefix and its own earlier tokens only, so the prefix is stacked once, not per candidate.
+        rows: list[tuple[int, list[int], Any, int]] = []  # request, its candidates, its prefix
+        for i, p, (cache, first, ran) in zip(live, pids, self._prefix_states(pids)):
+            self.usage.prompt_tokens += ran + sum(map(len, conts[i]))
+            for j, c in enumerate(conts[i]):
+                if c:
+                    scores[i][j] = float(first[c[0]])
+            multi = [j for j, c in enumerate(conts[i]) if len(c) > 1]
+            if multi:
+                rows.append((i, multi, cache, len(p)))
+        rows.sort(key=lambda r: r[3])
+        size = lambda r: r[3] + sum(len(conts[r[0]][j]) for j in r[1])  # noqa: E731
+        for chunk in _token_chunks(rows, size, self.batch_tokens):
+            segments = [[conts[i][j] for j in multi] for i, multi, _, _ in chunk]
+            hidden, _, _ = self._extend([(r[2], r[3]) for r in chunk], segments)
+            at, targets, owner = [], [], []  # position k of a candidate predicts its token k+1
+            for b, ((i, multi, _, _), segs) in enumerate(zip(chunk, segments)):
+                start = 0
+                for j, c in zip(multi, segs):
+                    at += [(b, start + k) for k in range(len(c) - 1)]
+                    targets += c[1:]
+                    owner += [(i, j)] * (len(c) - 1)
+                    start += len(c)
+            picked = self._next_logprobs(hidden[[b for b, _ in at], [k for _, k in at]],
+                                         torch.tensor(targets, device=hidden.device))
+            for (i, j), lp in zip(owner, picked.tolist()):
+                scores[i][j] += lp
+        return scores
+
+    def _prefix_states(self, seqs: list[tuple[int, ...]]) -> list[tuple[Any, torch.Tensor, int]]:
+        """:meth:`_prefix_state` for many prompts, their new tokens run in batched forwards."""
+        done: dict[tuple[int, ...], tuple[Any, torch.Tensor, int]] = {}
+        for s in dict.fromkeys(seqs):
+            if s in self._prefixes:  # an exact repeat runs nothing
+                self._prefixes.move_to_end(s)
+                done[s] = (*self._prefixes[s], 0)
+        todo = [s for s in dict.fromkeys(seqs) if s not in done]
+        if len(todo) > 1:  # a start every new prompt shares and no cached one holds: run it once
+            lcp = _common_length(min(todo), max(todo))
+            if lcp >= MIN_SHARED_PREFIX and self._best_cached(todo[0])[1] < lcp:
+                _, _, ran = self._prefix_state(list(todo[0][:lcp]))
+                self.usage.prompt_tokens += ran
+        plans: list[tuple[tuple[int, ...], Any, int]] = []  # prompt, cache it extends, its length
+        for s in todo:
+            best, shared = self._best_cached(s)
+            shared = min(shared, len(s) - 1)  # at least one token runs, for its logits
+            plans.append((s, self._prefixes[best][0] if best is not None and shared else None,
+                          shared if best is not None else 0))
+        plans.sort(key=lambda p: p[2])
+        for chunk in _token_chunks(plans, lambda p: len(p[0]), self.batch_tokens):
+            new = [list(s[n:]) for s, _, n in chunk]
+            hidden, cache, width = self._extend([(c, n) for _, c, n in chunk],
+                                                [[x] for x in new])
+            last = hidden[list(range(len(chunk))), [len(x) - 1 for x in new]]
+            firsts = self._next_logprobs(last)
+            for r, ((s, _, n), ids) in enumerate(zip(chunk, new)):
+                keep = torch.cat([torch.arange(n), width + torch.arange(len(ids))]).to(self.device)
+                state = (cache_row(cache, r, keep), firsts[r])
+                if self.prefix_cache_size > 0:
+                    self._remember_prefix(s, *state)
+                done[s] = (*state, len(ids))
+        out = []
+        for s in seqs:
+            out.append(done[s])
+            done[s] = (*done[s][:2], 0)  # a repeat within the batch runs nothing
+        return out
+
+    def _extend(self, parts: list[tuple[Any, int]],
+                segments: list[list[list[int]]]) -> tuple[torch.Tensor, Any, int]:
+        """Run rows of new tokens in one padded forward: row r extends the first n_r positions
+        of its one-row cache by one or more token segments, each attending that cache and its
+        own earlier tokens only. Returns (last hidden states (rows, longest row, hidden), the
+        stacked output cache, the stacked input cache's width)."""
+        width = max(n for _, n in parts)
+        ids, _ = self._pad_right([[t for seg in segs for t in seg] for segs in segments])
+        rows, q = ids.shape
+        allow = torch.zeros(rows, q, width + q, dtype=torch.bool)
+        positions = torch.zeros(rows, q, dtype=torch.long)
+        for r, ((_, n), segs) in enumerate(zip(parts, segments)):
+            allow[r, :, :n] = True
+            start = 0
+            for seg in segs:
+                k = len(seg)
+                allow[r, start: start + k, width + start: width + start + k] = torch.ones(
+                    k, k, dtype=torch.bool).tril()
+                positions[r, start: start + k] = n + torch.arange(k)
+                start += k
+            for pad in range(start, q):  # a pad sees itself, so no row of scores is all -inf
+                allow[r, pad, width + pad] = True
+        dtype = self.model.dtype
+        mask = torch.zeros(allow.shape, dtype=dtype).masked_fill_(~allow, torch.finfo(dtype).min)
+        kwargs = {self._decoder_cache_kw: stack_caches(parts, width)} if width else {}
+        out = self._decoder(input_ids=ids, attention_mask=mask[:, None].to(self.device),
+                            position_ids=positions.to(self.device), use_cache=True, **kwargs)
+        return out.last_hidden_state, output_cache(out), width
+
+    def _next_logprobs(self, hidden: torch.Tensor,
+                       targets: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(next token) from last-layer hidden states (rows, hidden): all of the vocabulary,
+        or only at ``targets``; the LM head runs on 256 rows at a time to bound its memory."""
+        head = self.model.get_output_embeddings()
+        parts = []
+        for lo in range(0, len(hidden), 256):
+            lp = torch.log_softmax(head(hidden[lo: lo + 256]).float(), dim=-1)
+            parts.append(lp if targets is None else
+                         lp.gather(-1, targets[lo: lo + 256].unsqueeze(-1)).squeeze(-1))
+        return torch.cat(parts)
+
+    def _best_cached(self, pids: Sequence[int]) -> tuple[tuple[int, ...] | None, int]:
+        """The cached prompt sharing the most leading tokens with ``pids``, and how many."""
+        best, shared = None, 0
+        for key in self._prefixes:
+            n = _common_length(key, pids)
+            if n > shared:
+                best, shared = key, n
+        return best, shared
+
     def clear_prefix_cache(self) -> None:
         """Forget the cached prefixes (their KV caches hold memory; tests want a cold start)."""
         self._prefixes.clear()
@@ -164,11 +323,7 @@ class TransformersBackend:
         template's system turn is shared by every user, and a chain's depth t extends depth
         t-1's prompt. A cropped copy of that prefix's cache is extended by the new tokens only.
         """
-        best, shared = None, 0
-        for key in self._prefixes:
-            n = _common_length(key, pids)
-            if n > shared:
-                best, shared = key, n
+        best, shared = self._best_cached(pids)
         if best is not None and shared == len(pids) == len(best):
             self._prefixes.move_to_end(best)
             cache, first = self._prefixes[best]
@@ -325,6 +480,22 @@ def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
+
+
+def _token_chunks(items: list, size_of: Any, budget: int) -> Iterator[list]:
+    """Consecutive runs of ``items`` whose padded size (rows x the largest ``size_of``) stays
+    within ``budget`` positions; an item larger than the budget goes alone."""
+    chunk: list = []
+    widest = 0
+    for item in items:
+        w = max(widest, size_of(item))
+        if chunk and w * (len(chunk) + 1) > budget:
+            yield chunk
+            chunk, w = [], size_of(item)
+        chunk.append(item)
+        widest = w
+    if chunk:
+        yield chunk
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:

@@ -56,3 +56,44 @@ def cache_nbytes(cache: Any) -> int:
             if isinstance(t, torch.Tensor):
                 total += t.numel() * t.element_size()
     return total
+
+
+def is_full_attention(cache: Any) -> bool:
+    """Every layer a plain growing cache (no sliding window): rows can be stacked and cut."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(not getattr(layer, "is_sliding", False)
+                                and getattr(layer, "is_croppable", True) for layer in layers)
+
+
+def stack_caches(parts: list[tuple[Any, int]], width: int) -> Any:
+    """One cache of ``len(parts)`` rows and ``width`` positions from single-row caches: row r holds
+    the first n_r positions of cache r (``None`` when n_r is 0), zeros after them (the caller
+    masks those positions out). The inputs are left as they were."""
+    template = next(c for c, n in parts if c is not None and n > 0)
+    new = copy.copy(template)
+    new.layers = []
+    for i, layer in enumerate(template.layers):
+        keys = layer.keys.new_zeros((len(parts), *layer.keys.shape[1:-2], width,
+                                     layer.keys.shape[-1]))
+        values = layer.values.new_zeros((len(parts), *layer.values.shape[1:-2], width,
+                                         layer.values.shape[-1]))
+        for r, (cache, n) in enumerate(parts):
+            if n:
+                keys[r, ..., :n, :] = cache.layers[i].keys[0, ..., :n, :]
+                values[r, ..., :n, :] = cache.layers[i].values[0, ..., :n, :]
+        lay = copy.copy(layer)
+        lay.keys, lay.values = keys, values
+        new.layers.append(lay)
+    return new
+
+
+def cache_row(cache: Any, row: int, positions: torch.Tensor) -> Any:
+    """A new one-row cache holding ``positions`` (in order) of row ``row`` of ``cache``."""
+    new = copy.copy(cache)
+    new.layers = []
+    for layer in cache.layers:
+        lay = copy.copy(layer)
+        lay.keys = layer.keys[row: row + 1].index_select(-2, positions)
+        lay.values = layer.values[row: row + 1].index_select(-2, positions)
+        new.layers.append(lay)
+    return new

@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 import scipy.special
 
-from scaletot_features.llm.backend import LLMBackend
+from scaletot_features.llm.backend import LLMBackend, score_continuations_many
 from scaletot_features.reasoning import prompts
 from scaletot_features.taxonomy import StateType, Taxonomy
 
@@ -56,7 +56,18 @@ class NodeDistribution:
 
     @property
     def argmax(self) -> int:
-        return int(np.argmax(self.probs))
+        return ranked(self.probs)[0]
+
+
+# Probabilities (and chain log-probs) that agree to this many decimals are ties, broken by the
+# taxonomy's order: batched and one-at-a-time scoring, or another thread count, differ by ~1e-6,
+# and a profile that says nothing scores exactly uniform on one path and not quite on another.
+TIE_DECIMALS = 4
+
+
+def ranked(probs: Sequence[float] | np.ndarray) -> list[int]:
+    """Value indices best first; ties (to ``TIE_DECIMALS``) keep the taxonomy's order."""
+    return sorted(range(len(probs)), key=lambda i: (-round(float(probs[i]), TIE_DECIMALS), i))
 
 
 def log_softmax(scores: np.ndarray) -> np.ndarray:
@@ -125,7 +136,7 @@ class NodeScorer:
             logps = np.stack([log_softmax(r) for r in self._raw(list(zip(sample_texts, so_far)))])
             self.offsets[state.name] = logps.mean(axis=0)
             for values, lp in zip(so_far, logps - self.offsets[state.name]):
-                values.append(state.value_names[int(np.argmax(lp))])
+                values.append(state.value_names[normalise(lp).argmax])
 
     # --- scoring -------------------------------------------------------------------------------
 
@@ -139,6 +150,10 @@ class NodeScorer:
         if self.calibration == "batch" and not self.offsets:
             raise RuntimeError("batch calibration: call NodeScorer.prime(sample_texts) first")
         if self.mode == "factored":
+            for depth in sorted({len(values) for _, values in requests}):  # new lines in one batch
+                self._line_logprobs(self.taxonomy.types[depth], [
+                    ln for text, values in requests if len(values) == depth
+                    for ln in prompts.profile_lines(text)])
             return [normalise(self._factored(text, self.taxonomy.types[len(values)]))
                     for text, values in requests]
         out = []
@@ -152,8 +167,9 @@ class NodeScorer:
         """Uncalibrated log-scores of every value, per request.
 
         ``label``, ``calibrated`` and ``chat`` share each request's prefix across its candidates
-        (one batched forward over the prefix's KV cache); ``channel`` has no shared prefix, so all
-        requests' (description, profile) pairs go through the backend in one batched call.
+        and send all requests together (the backend batches them where it can); ``channel`` has
+        no shared prefix, so all requests' (description, profile) pairs go through the backend in
+        one batched call.
         """
         b = self.backend
         prompts_ = [self._prompt(text, values) for text, values in requests]
@@ -162,8 +178,8 @@ class NodeScorer:
             tails = [t for _, ts in prompts_ for t in ts]
             raw = np.asarray(b.score_pairs(heads, tails), dtype=np.float64)
             return list(np.split(raw, np.cumsum([len(hs) for hs, _ in prompts_])[:-1]))
-        return [np.asarray(b.score_continuations(hs[0], conts), dtype=np.float64)
-                for hs, conts in prompts_]
+        return [np.asarray(r, dtype=np.float64)
+                for r in score_continuations_many(b, [(hs[0], conts) for hs, conts in prompts_])]
 
     def _prompt(self, profile_text: str, values: list[str]) -> tuple[list[str], list[str]]:
         """What one request sends to the backend: ``channel``'s (prefix, continuation) pairs, one
@@ -214,11 +230,13 @@ class NodeScorer:
 
     def _line_logprobs(self, state: StateType, lines: Sequence[str]) -> np.ndarray:
         """log p(value | this one line) under the chat prompt, cached per (type, line)."""
-        for line in lines:
-            key = (state.name, line)
-            if key not in self._lines:
-                self._lines[key] = log_softmax(
-                    self.backend.score_continuations(*self._line_prompt(state, line)))
+        new = [ln for ln in dict.fromkeys(lines) if (state.name, ln) not in self._lines]
+        scored = score_continuations_many(self.backend,
+                                          [self._line_prompt(state, ln) for ln in new])
+        for line, raw in zip(new, scored):
+            self._lines[(state.name, line)] = log_softmax(raw)
+        if not lines:
+            return np.zeros((0, len(state.values)))
         return np.stack([self._lines[(state.name, ln)] for ln in lines])
 
     def _line_prompt(self, state: StateType, line: str) -> tuple[str, list[str]]:

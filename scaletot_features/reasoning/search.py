@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from scaletot_features.chain import Chain, ChainNode
-from scaletot_features.reasoning.scoring import NodeDistribution
+from scaletot_features.reasoning.scoring import TIE_DECIMALS, NodeDistribution, ranked
 from scaletot_features.taxonomy import Taxonomy
 
 Strategy = Literal["entropy", "greedy", "beam"]
@@ -112,7 +112,7 @@ def search_chains(
         children: list[list[_Partial]] = [[] for _ in range(n)]
         for (u, part), dist in zip(owners, dists):
             expansions[u] += 1
-            order = sorted(range(len(dist.probs)), key=lambda i: (-dist.probs[i], i))
+            order = ranked(dist.probs)
             take = order[: cfg.width] if _branch_here(cfg, dist) else order[:1]
             branched[u] += len(take) > 1
             for i in take:
@@ -124,8 +124,8 @@ def search_chains(
                     dists=part.dists + [tuple(float(x) for x in dist.probs)],
                     logp=part.logp + math.log(max(p, 1e-300)),
                 ))
-        # Stable sort: equal log-probs keep parent order, then value order.
-        live = [sorted(c, key=lambda x: -x.logp) for c in children]
+        # Stable sort: equal log-probs (to TIE_DECIMALS) keep parent order, then value order.
+        live = [sorted(c, key=lambda x: -round(x.logp, TIE_DECIMALS)) for c in children]
     results = []
     for u in range(n):
         best = live[u][0]
