@@ -106,31 +106,41 @@ def evaluate(backend, spec: str, cfg: SearchConfig, texts: list[str], truth: dic
     }
 
 
+ARMS = (("one_at_a_time", "one request at a time, no KV reuse"),
+        ("prefix_reuse", "one at a time, prompt-prefix KV reuse"),
+        ("batched", "batched requests + KV reuse (default)"))
+
+
 def before_after(backend, spec: str, cfg: SearchConfig, texts, truth, prior, sample,
                  batch: int) -> dict:
-    """The same configuration without and with the backend's prompt-prefix KV reuse (the
-    one-at-a-time path kept behind ``prefix_cache_size=0``), run back to back: users/s, prompt
-    tokens per user, the load average around each, and whether the chains are the same."""
+    """The same configuration on the backend's three paths, run back to back: one request at a
+    time without KV reuse (``prefix_cache_size=0, batch_requests=False``), with the prompt-prefix
+    reuse, and with the requests of a depth batched (the default). Users/s, prompt tokens per
+    user, the load average around each, and whether the chains equal the first arm's."""
     runs = {}
     size = backend.prefix_cache_size
-    for name, cache in (("before", 0), ("after", size)):
-        backend.prefix_cache_size = cache
+    for name, _ in ARMS:
+        backend.prefix_cache_size = 0 if name == "one_at_a_time" else size
+        backend.batch_requests = name == "batched"
         backend.clear_prefix_cache()
         load = os.getloadavg()[0]
         runs[name] = evaluate(backend, spec, cfg, texts, truth, prior, sample, batch)
         runs[name]["load_average_1min"] = [load, os.getloadavg()[0]]
-    backend.prefix_cache_size = size
-    b, a = runs["before"].pop("_results"), runs["after"].pop("_results")
-    probs = [np.abs(np.subtract(x.probs, y.probs)).max() for rb, ra in zip(b, a)
-             for x, y in zip(rb.chain.nodes, ra.chain.nodes)]
-    return {"spec": spec, "search": cfg.strategy, "before": runs["before"],
-            "after": runs["after"],
-            "speedup": runs["after"]["users_per_s"] / runs["before"]["users_per_s"],
-            "token_ratio": runs["before"]["mean_prompt_tokens"]
-            / max(runs["after"]["mean_prompt_tokens"], 1e-9),
-            "same_chains": float(np.mean([rb.chain.to_text() == ra.chain.to_text()
-                                          for rb, ra in zip(b, a)])),
-            "max_abs_prob_diff": float(max(probs))}
+    backend.prefix_cache_size, backend.batch_requests = size, True
+    ref = runs["one_at_a_time"]["_results"]
+    for name, _ in ARMS:
+        got = runs[name]["_results"]
+        runs[name]["speedup"] = runs[name]["users_per_s"] / runs["one_at_a_time"]["users_per_s"]
+        runs[name]["token_ratio"] = (runs["one_at_a_time"]["mean_prompt_tokens"]
+                                     / max(runs[name]["mean_prompt_tokens"], 1e-9))
+        runs[name]["same_chains"] = float(np.mean([a.chain.to_text() == b.chain.to_text()
+                                                   for a, b in zip(ref, got)]))
+        runs[name]["max_abs_prob_diff"] = float(max(
+            np.abs(np.subtract(x.probs, y.probs)).max()
+            for a, b in zip(ref, got) for x, y in zip(a.chain.nodes, b.chain.nodes)))
+    for name, _ in ARMS:
+        runs[name].pop("_results")
+    return {"spec": spec, "search": cfg.strategy, "arms": runs}
 
 
 def main() -> None:
@@ -149,10 +159,11 @@ def main() -> None:
     ap.add_argument("--no-strategies", action="store_true", help="skip the search comparison")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--search-mode", default="calibrated", help="mode used to compare strategies")
-    ap.add_argument("--batch", type=int, default=8, help="users searched together")
+    ap.add_argument("--batch", type=int, default=32,
+                    help="users searched together (teach: teacher.checkpoint_every)")
     ap.add_argument("--before-after", action="store_true",
-                    help="also run --search-mode with entropy search without and with the "
-                    "backend's prompt-prefix KV reuse, side by side")
+                    help="also run --search-mode with entropy search one request at a time, "
+                    "with prompt-prefix KV reuse, and batched, side by side")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "teacher.json")
     args = ap.parse_args()
 
@@ -204,7 +215,7 @@ def main() -> None:
     compared = None
     if args.before_after:
         cfg = SearchConfig("entropy", tau=args.tau, width=args.width, max_expansions=args.budget)
-        console.print(f"[dim]before/after: {args.search_mode} entropy, KV reuse off then on ...[/]")
+        console.print(f"[dim]before/after: {args.search_mode} entropy, one at a time / KV reuse / batched ...[/]")
         compared = before_after(backend, args.search_mode, cfg, texts, truth, prior, sample,
                                 args.batch)
     for r in runs:
@@ -235,18 +246,16 @@ def main() -> None:
         console.print(table)
     if compared is not None:
         table = Table(title=f"Teacher throughput, {compared['spec']} + entropy search, one run")
-        for col in ("path", "users/s", "tokens/user", "calls/user", "load avg (1 min)"):
+        for col in ("path", "users/s", "speed-up", "tokens/user", "calls/user", "same chains",
+                    "max |dp|", "load avg (1 min)"):
             table.add_column(col, justify="right")
-        for name, label in (("before", "one at a time (no KV reuse)"),
-                            ("after", "prompt-prefix KV reuse")):
-            r = compared[name]
-            table.add_row(label, f"{r['users_per_s']:.3f}", f"{r['mean_prompt_tokens']:.0f}",
-                          f"{r['mean_scoring_calls']:.1f}",
+        for name, label in ARMS:
+            r = compared["arms"][name]
+            table.add_row(label, f"{r['users_per_s']:.3f}", f"{r['speedup']:.2f}x",
+                          f"{r['mean_prompt_tokens']:.0f}", f"{r['mean_scoring_calls']:.1f}",
+                          f"{r['same_chains']:.0%}", f"{r['max_abs_prob_diff']:.1e}",
                           "{:.2f} -> {:.2f}".format(*r["load_average_1min"]))
         console.print(table)
-        console.print(f"speed-up {compared['speedup']:.2f}x, prompt tokens "
-                      f"{compared['token_ratio']:.2f}x fewer, same chains "
-                      f"{compared['same_chains']:.0%}, max |dp| {compared['max_abs_prob_diff']:.1e}")
     console.print(f"tau={args.tau} width={args.width} budget={args.budget}; JSON: {args.out}")
 
 

@@ -18,7 +18,7 @@ whose trimmed title occurs once in the population.
 Reported side by side, per field set (`title`: the job title alone; `full`: plus years
 employed, home ownership and state), on the test rows and on their long tail:
 
-- per teacher config `model:scoring[:calibration][:lines|sentences][:fsN]` (`fsN`: N labelled
+- per teacher config `model:scoring[:calibration][:lines|sentences][:entropy|greedy|beam][:fsN]` (`fsN`: N labelled
   demonstrations, `teacher.few_shot`, drawn from the rows outside the test sample and the
   evaluation's split): Spearman of E = p(high) - p(low), from the full distribution, with income (95% bootstrap CI; sum_i i * p_i = 1 + E ranks identically, so
   only E is kept), accuracy of the argmax against income tertiles (cut points from the whole
@@ -82,6 +82,7 @@ TAXONOMY = LOANS / "taxonomy.yaml"
 VALUES = list(load_taxonomy(TAXONOMY).by_name["spending_power"].values)
 CALIBRATIONS = {"none", "content_free", "batch"}
 STYLES = {"lines", "sentences"}
+STRATEGIES = {"entropy", "greedy", "beam"}
 T0 = "2026-01-01T00:00:00"
 SCALETOT = Path(sys.executable).with_name("scaletot")
 
@@ -98,7 +99,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--fields", nargs="+", choices=list(FIELD_SETS), default=list(FIELD_SETS))
     ap.add_argument("--configs", nargs="+",
                     default=["packaged:calibrated", "packaged:chat", "packaged:factored"],
-                    help="teacher configs model:scoring[:calibration][:lines|sentences][:fsN]")
+                    help="teacher configs model:scoring[:calibration][:lines|sentences][:entropy|greedy|beam][:fsN]")
     ap.add_argument("--fraction", type=float, default=0.0732, help="small-label ridge fraction")
     ap.add_argument("--draws", type=int, default=10, help="draws of the small-label ridge")
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the CIs")
@@ -257,23 +258,26 @@ class TeacherSpec:
     calibration: str | None
     style: str | None = None  # teacher.profile_style: lines (default) | sentences
     few_shot: int = 0  # teacher.few_shot: labelled users shown before every question ("fsN")
+    search: str | None = None  # teacher.search: entropy (default) | greedy | beam
 
     @staticmethod
     def parse(text: str) -> "TeacherSpec":
         parts = text.split(":")
         few_shot = int(parts.pop()[2:]) if len(parts) >= 3 and re.fullmatch(r"fs\d+", parts[-1]) \
             else 0
+        search = parts.pop() if len(parts) >= 3 and parts[-1] in STRATEGIES else None
         style = parts.pop() if len(parts) >= 3 and parts[-1] in STYLES else None
         calibration = parts.pop() if len(parts) >= 3 and parts[-1] in CALIBRATIONS else None
         if len(parts) < 2:
-            raise SystemExit(f"--configs: {text!r} is not model:scoring[:calibration][:style][:fsN]")
-        return TeacherSpec(":".join(parts[:-1]), parts[-1], calibration, style, few_shot)
+            raise SystemExit(f"--configs: {text!r} is not "
+                             "model:scoring[:calibration][:style][:search][:fsN]")
+        return TeacherSpec(":".join(parts[:-1]), parts[-1], calibration, style, few_shot, search)
 
     @property
     def name(self) -> str:
         shots = f"fs{self.few_shot}" if self.few_shot else None
         return ":".join([self.model, self.scoring]
-                        + [x for x in (self.calibration, self.style, shots) if x])
+                        + [x for x in (self.calibration, self.style, self.search, shots) if x])
 
 
 def teach_settings(field_set: str, spec: TeacherSpec, rows: int, threads: int) -> dict:
@@ -288,6 +292,8 @@ def teach_settings(field_set: str, spec: TeacherSpec, rows: int, threads: int) -
         raw["teacher"]["profile_style"] = spec.style
     if spec.few_shot:
         raw["teacher"]["few_shot"] = spec.few_shot
+    if spec.search is not None:
+        raw["teacher"]["search"] = spec.search
     return raw
 
 
