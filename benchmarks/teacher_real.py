@@ -18,8 +18,8 @@ whose trimmed title occurs once in the population.
 Reported side by side, per field set (`title`: the job title alone; `full`: plus years
 employed, home ownership and state), on the test rows and on their long tail:
 
-- per teacher config `model:scoring[:calibration][:lines|sentences][:entropy|greedy|beam][:fsN]` (`fsN`: N labelled
-  demonstrations, `teacher.few_shot`, drawn from the rows outside the test sample and the
+- per teacher config `model:scoring[:calibration][:lines|sentences][:search][:fsN]` (`search`:
+  entropy, greedy or beam, `teacher.search`; `fsN`: N labelled demonstrations, `teacher.few_shot`, drawn from the rows outside the test sample and the
   evaluation's split): Spearman of E = p(high) - p(low), from the full distribution, with income (95% bootstrap CI; sum_i i * p_i = 1 + E ranks identically, so
   only E is kept), accuracy of the argmax against income tertiles (cut points from the whole
   population) beside the majority-tertile rate on the same rows (the best constant guess there),
@@ -99,7 +99,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--fields", nargs="+", choices=list(FIELD_SETS), default=list(FIELD_SETS))
     ap.add_argument("--configs", nargs="+",
                     default=["packaged:calibrated", "packaged:chat", "packaged:factored"],
-                    help="teacher configs model:scoring[:calibration][:lines|sentences][:entropy|greedy|beam][:fsN]")
+                    help="teacher configs model:scoring[:calibration][:lines|sentences]"
+                    "[:entropy|greedy|beam][:fsN]")
     ap.add_argument("--fraction", type=float, default=0.0732, help="small-label ridge fraction")
     ap.add_argument("--draws", type=int, default=10, help="draws of the small-label ridge")
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the CIs")
