@@ -140,3 +140,26 @@ def test_normalise_gives_a_distribution_and_normalised_entropy():
     assert d.entropy == pytest.approx(1.0) and d.probs.sum() == pytest.approx(1.0)
     d = normalise(np.array([0.0, -1e9, -1e9]))
     assert d.entropy == pytest.approx(0.0, abs=1e-9) and d.argmax == 0
+
+
+def test_near_ties_keep_the_taxonomy_order():
+    """A profile that says nothing scores uniform on one scoring path and within ~1e-6 of it on
+    another: both must rank the values (and so commit and branch) the same way."""
+    from scaletot_features.reasoning.scoring import ranked
+
+    exact = np.full(5, 0.2)
+    nudged = exact + np.array([-2e-6, 1e-6, 3e-6, -1e-6, -1e-6])
+    assert ranked(exact) == ranked(nudged) == [0, 1, 2, 3, 4]
+    assert ranked([0.1, 0.3, 0.6]) == [2, 1, 0]  # a real difference still orders
+
+    class Nudged:  # every node uniform within 1e-6, the last value on top: a tie all the same
+        def score_many(self, requests):
+            out = []
+            for _, values in requests:
+                k = len(TAX.types[len(values)].values)
+                p = np.full(k, 1.0 / k) + np.linspace(-1e-6, 1e-6, k)  # the last value highest
+                out.append(NodeDistribution(probs=p / p.sum(), entropy=1.0))
+            return out
+
+    chain = search_chain("nothing", Nudged(), TAX, SearchConfig("entropy", 0.7, 2, 12)).chain
+    assert [n.value for n in chain.nodes] == [t.value_names[0] for t in TAX.types]
