@@ -61,6 +61,11 @@ def test_vllm_scores_agree_with_transformers(backends) -> None:  # type: ignore[
     )
     capital = vllm_backend.score_continuations("The capital of France is", [" Paris", " banana"])
     assert capital[0] > capital[1]
+    requests = [(PROFILE, DESCRIPTIONS), ("The capital of France is", [" Paris", " banana"]),
+                ("x", [])]
+    for got, (prefix, conts) in zip(vllm_backend.score_continuations_many(requests), requests):
+        np.testing.assert_allclose(got, reference.score_continuations(prefix, conts),
+                                   atol=0.05, rtol=0.01)
 
 
 @pytest.mark.gpu

@@ -97,6 +97,19 @@ class VLLMBackend:
         pids = encode_prefix(self.tokenizer, prefix, self.start_id)
         return self._score([(pids, encode_continuation(self.tokenizer, c)) for c in continuations])
 
+    def score_continuations_many(
+        self, requests: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[np.ndarray]:
+        """Every request's candidates in one vLLM call (it schedules and caches the prefixes);
+        one scoring call per request."""
+        self.usage.scoring_calls += len(requests)
+        pairs: list[tuple[list[int], list[int]]] = []
+        for prefix, conts in requests:
+            pids = encode_prefix(self.tokenizer, prefix, self.start_id)
+            pairs += [(pids, encode_continuation(self.tokenizer, c)) for c in conts]
+        flat = self._score(pairs)
+        return list(np.split(flat, np.cumsum([len(c) for _, c in requests])[:-1]))
+
     def score_pairs(self, prefixes: Sequence[str], continuations: Sequence[str]) -> np.ndarray:
         """log p(continuation_i | prefix_i); vLLM schedules the batch itself."""
         check_pairs(prefixes, continuations)
