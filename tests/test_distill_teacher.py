@@ -23,6 +23,7 @@ from scaletot_features.data.io import read_json, read_table
 from scaletot_features.dataset import DatasetLayout, encoder_manifest, probs_column
 from scaletot_features.encoder import embed_population, load_encoder
 from scaletot_features.profile import ID_COLUMN
+from scaletot_features.reasoning.scoring import ranked
 from trainers.distill_encoder import TargetsError, distill_encoder, split_users
 from trainers.teach import load_chains, teach
 
@@ -52,10 +53,16 @@ def taught(tiny_population, tmp_path_factory) -> Path:
 
 
 def teacher_argmax(chains: pa.Table, types) -> np.ndarray:
-    """[n, types] the index of each node's most probable value, from ``T_probs``."""
-    return np.stack([np.asarray([int(np.argmax(p)) for p in
-                                 chains.column(probs_column(t.name)).to_pylist()])
-                     for t in types], axis=1)
+    """[n, types] the index of each node's most probable value, from ``T_probs`` (near-ties go to
+    the taxonomy's first value, as the search commits them), checked against the chains'
+    values: under greedy search they are the same."""
+    top = np.stack([np.asarray([ranked(p)[0] for p in
+                                chains.column(probs_column(t.name)).to_pylist()])
+                    for t in types], axis=1)
+    values = np.stack([np.asarray([t.value_names.index(v) for v in
+                                   chains.column(t.name).to_pylist()]) for t in types], axis=1)
+    np.testing.assert_array_equal(top, values)
+    return top
 
 
 def test_teacher_encoder_learns_the_teachers_states_better_than_the_majority(taught, tmp_path):
