@@ -58,13 +58,6 @@ def cache_nbytes(cache: Any) -> int:
     return total
 
 
-def is_full_attention(cache: Any) -> bool:
-    """Every layer a plain growing cache (no sliding window): rows can be stacked and cut."""
-    layers = getattr(cache, "layers", None)
-    return bool(layers) and all(not getattr(layer, "is_sliding", False)
-                                and getattr(layer, "is_croppable", True) for layer in layers)
-
-
 def stack_caches(parts: list[tuple[Any, int]], width: int) -> Any:
     """One cache of ``len(parts)`` rows and ``width`` positions from single-row caches: row r holds
     the first n_r positions of cache r (``None`` when n_r is 0), zeros after them (the caller
@@ -73,16 +66,14 @@ def stack_caches(parts: list[tuple[Any, int]], width: int) -> Any:
     new = copy.copy(template)
     new.layers = []
     for i, layer in enumerate(template.layers):
-        keys = layer.keys.new_zeros((len(parts), *layer.keys.shape[1:-2], width,
-                                     layer.keys.shape[-1]))
-        values = layer.values.new_zeros((len(parts), *layer.values.shape[1:-2], width,
-                                         layer.values.shape[-1]))
-        for r, (cache, n) in enumerate(parts):
-            if n:
-                keys[r, ..., :n, :] = cache.layers[i].keys[0, ..., :n, :]
-                values[r, ..., :n, :] = cache.layers[i].values[0, ..., :n, :]
         lay = copy.copy(layer)
-        lay.keys, lay.values = keys, values
+        for name in ("keys", "values"):
+            like = getattr(layer, name)
+            stacked = like.new_zeros((len(parts), *like.shape[1:-2], width, like.shape[-1]))
+            for r, (cache, n) in enumerate(parts):
+                if n:
+                    stacked[r, ..., :n, :] = getattr(cache.layers[i], name)[0, ..., :n, :]
+            setattr(lay, name, stacked)
         new.layers.append(lay)
     return new
 
