@@ -39,6 +39,7 @@ from scaletot_features.reasoning.coverage import select_coverage  # noqa: E402
 from scaletot_features.reasoning.scoring import NodeScorer  # noqa: E402
 from scaletot_features.reasoning.search import SearchConfig, search_chains  # noqa: E402
 from scaletot_features.taxonomy import DEFAULT_TAXONOMY as TAX  # noqa: E402
+from trainers.teach import check_prompt_length  # noqa: E402
 
 
 def macro_f1(pred: list[str], truth: list[str], values: list[str]) -> float:
@@ -77,6 +78,7 @@ def evaluate(backend, spec: str, cfg: SearchConfig, texts: list[str], truth: dic
              demos: str = "") -> dict:
     mode, calibration, shots = parse_spec(spec)
     scorer = NodeScorer(backend, TAX, mode, calibration, demos)
+    check_prompt_length(scorer, backend, texts, TAX, backend.max_length)
     scorer.prime(sample)  # per-taxonomy cost, not per user
     before = backend.usage.snapshot()
     t0 = time.perf_counter()
@@ -164,6 +166,8 @@ def main() -> None:
     ap.add_argument("--before-after", action="store_true",
                     help="also run --search-mode with entropy search one request at a time, "
                     "with prompt-prefix KV reuse, and batched, side by side")
+    ap.add_argument("--prefix-cache-mb", type=float, default=None,
+                    help="teacher.prefix_cache_mb (default: the config's)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "teacher.json")
     args = ap.parse_args()
 
@@ -197,9 +201,25 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    backend = TransformersBackend(args.model)
+    from scaletot_features.config import TeacherConfig
+
+    defaults = TeacherConfig()
+    cache_mb = args.prefix_cache_mb or defaults.prefix_cache_mb
+    # As teach builds it: a prompt longer than max_prompt_tokens is refused, never cut (a cut
+    # few-shot block loses its start, and with it every prompt's shared prefix).
+    backend = TransformersBackend(args.model, prefix_cache_mb=cache_mb,
+                                  max_length=defaults.max_prompt_tokens,
+                                  batch_tokens=defaults.batch_tokens)
     console = Console()
     runs = []
+
+    def payload(compared: dict | None = None) -> dict:
+        rows = [{k: v for k, v in r.items() if k != "_results"} for r in runs]
+        return {"model": backend.model_id, "users": len(texts),
+                "population": profiles.num_rows if args.data else args.population,
+                "majority_rate": majority, "prefix_cache_mb": cache_mb,
+                "mean_majority_rate": float(np.mean(list(majority.values()))), "runs": rows,
+                "before_after": compared}
     greedy = SearchConfig("greedy", tau=args.tau, width=args.width, max_expansions=args.budget)
     for mode in args.modes:
         console.print(f"[dim]scoring={mode} search=greedy ...[/]")
@@ -207,10 +227,12 @@ def main() -> None:
         demos = demonstrations(data, parse_spec(mode)[0], shots, ids.to_numpy()) if shots else ""
         runs.append(evaluate(backend, mode, greedy, texts, truth, prior, sample, args.batch,
                              demos))
+        write_json_atomic(payload(), args.out)  # a stopped run keeps its finished arms
     for strategy in () if args.no_strategies else ("entropy", "beam"):
         cfg = SearchConfig(strategy, tau=args.tau, width=args.width, max_expansions=args.budget)
         console.print(f"[dim]scoring={args.search_mode} search={strategy} ...[/]")
         runs.append(evaluate(backend, args.search_mode, cfg, texts, truth, prior, sample, args.batch))
+        write_json_atomic(payload(), args.out)
 
     compared = None
     if args.before_after:
@@ -220,10 +242,7 @@ def main() -> None:
                                 args.batch)
     for r in runs:
         r.pop("_results", None)
-    result = {"model": backend.model_id, "users": len(texts), "population": profiles.num_rows
-              if args.data else args.population, "majority_rate": majority,
-              "mean_majority_rate": float(np.mean(list(majority.values()))), "runs": runs,
-              "before_after": compared}
+    result = payload(compared)
     write_json_atomic(result, args.out)
 
     short = {t: t[:10] for t in TAX.type_names}

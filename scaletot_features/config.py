@@ -123,6 +123,11 @@ class TeacherConfig(_Section):
                               "together in forwards of at most this many KV-cache + new token "
                               "positions (bounds memory: 16k positions are ~0.9 GB of KV cache "
                               "on the 1.5B, ~0.75 GB on SmolLM2)")
+    prefix_cache_mb: float = Field(1024.0, gt=0, description="KV caches of recent prompts the "
+                                   "teacher keeps for reuse, in MB; a part's users each need "
+                                   "their previous prompt kept, so a long few-shot block on the "
+                                   "1.5B (~63 MB per prompt) wants ~2 x checkpoint_every of them "
+                                   "(4096 for 32 users), or it re-runs evicted conversations")
     max_prompt_tokens: int = Field(2048, ge=64, description="the longest prompt the teacher may "
                                    "see; a longer one (e.g. many few-shot demonstrations) is "
                                    "refused before calibration, never cut")

@@ -168,7 +168,7 @@ def make_backend(settings: Settings) -> LLMBackend:
     from scaletot_features.llm.hf import TransformersBackend
 
     return TransformersBackend(t.model, batch_size=t.batch_size, max_length=t.max_prompt_tokens,
-                               batch_tokens=t.batch_tokens)
+                               batch_tokens=t.batch_tokens, prefix_cache_mb=t.prefix_cache_mb)
 
 
 def check_prompt_length(scorer: NodeScorer, backend: LLMBackend, texts: list[str],
