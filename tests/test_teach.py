@@ -153,3 +153,13 @@ def test_a_model_without_a_chat_template_is_refused_before_loading(population_co
     with pytest.raises(ValueError, match="chat template"):
         teach(population_copy, s, progress=False)
     assert not teacher_layout(population_copy).coverage.exists()  # nothing written
+
+
+def test_make_backend_takes_the_prompt_and_cache_limits_from_the_config():
+    """The backend refuses (teach checks first) rather than cuts prompts past
+    max_prompt_tokens, and keeps as much prompt KV cache as teacher.prefix_cache_mb allows."""
+    from trainers.teach import make_backend
+
+    backend = make_backend(_settings(max_prompt_tokens=1536, prefix_cache_mb=4096,
+                                     batch_tokens=2048))
+    assert (backend.max_length, backend.prefix_cache_mb, backend.batch_tokens) == (1536, 4096, 2048)
