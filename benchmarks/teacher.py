@@ -4,7 +4,13 @@ For each configuration: accuracy and macro-F1 of every typed state against the l
 beside the majority-class rate on the same users (a blind scorer shows as no better than it),
 the information the teacher's distribution carries about the truth (mean log-likelihood gain
 over the population prior, in nats: 0 = no better than knowing the base rates), mean scoring
-calls and prompt tokens per user, and users per second. Writes JSON and prints a table.
+calls and prompt tokens per user, and users per second. Beside them, the supervised model a
+practitioner would fit instead: a logistic regression on the profile fields (one-hot
+categories, standardised numbers, bags of words; the audit's ``profile_matrix``) trained on the
+latent states of 7.32% of the other users (the paper's label budget; several draws) and of all
+of them, scored the same way on the same users and, for a figure 48 users cannot give, on the
+other users it did not see (what the profile lets any model recover). Writes JSON and prints a
+table.
 
     .venv/bin/python benchmarks/teacher.py --users 48 --budget 12
     .venv/bin/python benchmarks/teacher.py --modes calibrated chat factored calibrated:batch \
@@ -39,7 +45,11 @@ from scaletot_features.reasoning.coverage import select_coverage  # noqa: E402
 from scaletot_features.reasoning.scoring import NodeScorer  # noqa: E402
 from scaletot_features.reasoning.search import SearchConfig, search_chains  # noqa: E402
 from scaletot_features.taxonomy import DEFAULT_TAXONOMY as TAX  # noqa: E402
+from trainers.audit import profile_matrix  # noqa: E402
 from trainers.teach import check_prompt_length  # noqa: E402
+
+LABEL_BUDGET = 0.0732  # the paper's share of users with teacher chains
+GRID_C = (0.01, 0.1, 1.0)  # inverse L2 strengths the logistic baseline chooses from
 
 
 def macro_f1(pred: list[str], truth: list[str], values: list[str]) -> float:
@@ -55,6 +65,92 @@ def info_gain(results, j: int, truth: list[str], prior: dict[str, float]) -> flo
     gains = [np.log(max(r.chain.nodes[j].probs[values.index(g)], 1e-6)) - np.log(prior[g])
              for r, g in zip(results, truth)]
     return float(np.mean(gains))
+
+
+def scores(proba: np.ndarray, truth: list[str], values: list[str], prior: dict[str, float]) -> dict:
+    """Accuracy, macro-F1 and information gain (nats) of predicted distributions [n, values]."""
+    pred = [values[k] for k in proba.argmax(1)]
+    idx = np.array([values.index(g) for g in truth])
+    gain = np.log(np.maximum(proba[np.arange(len(idx)), idx], 1e-6)) - np.log([prior[g] for g in truth])
+    return {"accuracy": float(np.mean([p == g for p, g in zip(pred, truth)])),
+            "macro_f1": macro_f1(pred, truth, values), "info_gain_nats": float(gain.mean())}
+
+
+def logistic_fit(x: np.ndarray, y: list[str], values: list[str], c: float | None = None):
+    """Multinomial logistic regression -> a function giving distributions over ``values``
+    (a value no training row holds gets 0, floored at 1e-6 when scored). ``c`` None: chosen by
+    3-fold CV over a coarse grid (finer grids cost minutes on 5,000 rows and moved nothing)."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+
+    present = sorted(set(y), key=values.index)
+    if len(present) == 1:
+        def constant(x_test: np.ndarray) -> np.ndarray:
+            out = np.zeros((len(x_test), len(values)))
+            out[:, values.index(present[0])] = 1.0
+            return out
+        return constant
+    if c is None and min(np.unique(y, return_counts=True)[1]) >= 3:
+        model = LogisticRegressionCV(Cs=list(GRID_C), cv=3, max_iter=2000, scoring="neg_log_loss",
+                                     l1_ratios=(0.0,), use_legacy_attributes=False).fit(x, y)
+    else:
+        model = LogisticRegression(C=c or 1.0, max_iter=2000).fit(x, y)
+    cols = [values.index(k) for k in model.classes_]
+
+    def predict(x_test: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(x_test), len(values)))
+        out[:, cols] = model.predict_proba(x_test)
+        return out
+    chosen = model.C_ if hasattr(model, "C_") else model.C
+    predict.c = float(np.atleast_1d(chosen)[0])  # type: ignore[attr-defined]
+    return predict
+
+
+def supervised_baselines(x_others: np.ndarray, x_covered: np.ndarray,
+                         truth_others: dict[str, list[str]], truth: dict[str, list[str]],
+                         prior: dict[str, dict[str, float]], draws: int, seed: int = 0) -> list[dict]:
+    """The logistic regression on the profile at the paper's label budget (``draws`` random
+    7.32% draws of the other users, mean and sd) and on all of them, scored on the covered users
+    (``covered``) and on other users outside its training rows (``held_out``: the rest of the
+    population for a 7.32% draw; 5-fold cross-fitting, at the C chosen on all rows, for all
+    labels)."""
+    from sklearn.model_selection import KFold
+
+    rng = np.random.default_rng(seed)
+    n = len(x_others)
+    k = max(2, round(LABEL_BUDGET * n))
+    rows = []
+    for share, label in ((LABEL_BUDGET, f"{LABEL_BUDGET:.2%}"), (1.0, "100%")):
+        per_draw: list[dict] = []
+        for _ in range(draws if share < 1 else 1):
+            run: dict = {"covered": {}, "held_out": {}}
+            train = rng.choice(n, size=k, replace=False) if share < 1 else np.arange(n)
+            for t in TAX.type_names:
+                values = TAX[t].value_names
+                y = np.array(truth_others[t])
+                fitted = logistic_fit(x_others[train], list(y[train]), values)
+                run["covered"][t] = scores(fitted(x_covered), truth[t], values, prior[t])
+                if share < 1:
+                    test = np.setdiff1d(np.arange(n), train)
+                    held = fitted(x_others[test])
+                else:
+                    test = np.arange(n)
+                    held = np.zeros((n, len(values)))
+                    for tr, te in KFold(5, shuffle=True, random_state=seed).split(x_others):
+                        held[te] = logistic_fit(x_others[tr], list(y[tr]), values,
+                                                getattr(fitted, "c", None))(x_others[te])
+                run["held_out"][t] = scores(held, list(y[test]), values, prior[t])
+            per_draw.append(run)
+        row: dict = {"scoring": f"logistic {label}", "calibration": "-", "few_shot": 0,
+                     "search": "-", "labels": int(k if share < 1 else n), "draws": len(per_draw)}
+        for where in ("covered", "held_out"):
+            for metric in ("accuracy", "macro_f1", "info_gain_nats"):
+                vals = {t: [r[where][t][metric] for r in per_draw] for t in TAX.type_names}
+                key = metric if where == "covered" else f"held_out_{metric}"
+                row[key] = {t: float(np.mean(v)) for t, v in vals.items()}
+                row[f"{key}_sd"] = {t: float(np.std(v)) for t, v in vals.items()}
+        row["mean_accuracy"] = float(np.mean(list(row["accuracy"].values())))
+        rows.append(row)
+    return rows
 
 
 def demonstrations(data: Path, mode: str, k: int, covered: np.ndarray) -> str:
@@ -154,8 +250,11 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=12, help="max scoring calls per user")
     ap.add_argument("--width", type=int, default=2)
     ap.add_argument("--tau", type=float, default=0.7)
-    ap.add_argument("--modes", nargs="+", default=["label", "calibrated", "channel", "chat",
-                                                   "factored"], help="MODE[:CALIBRATION]")
+    ap.add_argument("--modes", nargs="*", default=["label", "calibrated", "channel", "chat",
+                                                   "factored"],
+                    help="MODE[:CALIBRATION][:fsK]; none with --no-strategies: baselines only")
+    ap.add_argument("--draws", type=int, default=5,
+                    help="random 7.32%% label draws for the supervised baseline")
     ap.add_argument("--calibration-sample", type=int, default=32,
                     help="population profiles (not evaluated) for batch calibration")
     ap.add_argument("--no-strategies", action="store_true", help="skip the search comparison")
@@ -196,6 +295,19 @@ def main() -> None:
     truth = {t: latent.column(t).to_pylist() for t in TAX.type_names}
     majority = {t: max(np.mean([g == v for g in truth[t]]) for v in TAX[t].value_names)
                 for t in TAX.type_names}
+    console = Console(width=max(Console().width, 170))
+    console.print(f"[dim]supervised baselines ({args.draws} draws of {LABEL_BUDGET:.2%}, and all "
+                  f"{others.num_rows} other users) ...[/]")
+    others = others.sort_by("user_id")
+    x = profile_matrix(others.to_pylist() + profiles.to_pylist(), DEFAULT_PROFILE_SCHEMA)
+    latent_all = read_table(layout.latent)
+    latent_others = latent_all.filter(pc.is_in(latent_all.column("user_id"),
+                                               value_set=others.column("user_id"))).sort_by("user_id")
+    truth_others = {t: latent_others.column(t).to_pylist() for t in TAX.type_names}
+    held_majority = {t: max(np.mean([g == v for g in truth_others[t]]) for v in TAX[t].value_names)
+                     for t in TAX.type_names}
+    baselines = supervised_baselines(x[:others.num_rows], x[others.num_rows:], truth_others,
+                                     truth, prior, args.draws)
 
     if args.threads:
         import torch
@@ -207,19 +319,22 @@ def main() -> None:
     cache_mb = args.prefix_cache_mb or defaults.prefix_cache_mb
     # As teach builds it: a prompt longer than max_prompt_tokens is refused, never cut (a cut
     # few-shot block loses its start, and with it every prompt's shared prefix).
-    backend = TransformersBackend(args.model, prefix_cache_mb=cache_mb,
-                                  max_length=defaults.max_prompt_tokens,
-                                  batch_tokens=defaults.batch_tokens)
-    console = Console()
+    backend = None
+    if args.modes or not args.no_strategies or args.before_after:
+        backend = TransformersBackend(args.model, prefix_cache_mb=cache_mb,
+                                      max_length=defaults.max_prompt_tokens,
+                                      batch_tokens=defaults.batch_tokens)
     runs = []
 
     def payload(compared: dict | None = None) -> dict:
         rows = [{k: v for k, v in r.items() if k != "_results"} for r in runs]
-        return {"model": backend.model_id, "users": len(texts),
-                "population": profiles.num_rows if args.data else args.population,
+        return {"model": backend.model_id if backend else None, "users": len(texts),
+                "population": population.num_rows,
                 "majority_rate": majority, "prefix_cache_mb": cache_mb,
                 "mean_majority_rate": float(np.mean(list(majority.values()))), "runs": rows,
-                "before_after": compared}
+                "baselines": baselines, "held_out_users": others.num_rows,
+                "held_out_majority_rate": held_majority, "before_after": compared}
+    write_json_atomic(payload(), args.out)
     greedy = SearchConfig("greedy", tau=args.tau, width=args.width, max_expansions=args.budget)
     for mode in args.modes:
         console.print(f"[dim]scoring={mode} search=greedy ...[/]")
@@ -248,7 +363,8 @@ def main() -> None:
     short = {t: t[:10] for t in TAX.type_names}
     for metric, key, fmt in (("accuracy", "accuracy", "{:.2f}"), ("macro-F1", "macro_f1", "{:.2f}"),
                              ("info gain (nats)", "info_gain_nats", "{:+.3f}")):
-        table = Table(title=f"Teacher {metric} on {len(texts)} covered users ({backend.model_id})")
+        model = backend.model_id if backend else "no teacher run"
+        table = Table(title=f"Teacher {metric} on {len(texts)} covered users ({model})")
         for col in ["scoring", "calib.", "search", *short.values(), "mean", "calls/user",
                     "tokens/user", "users/s"]:
             table.add_column(col, justify="right")
@@ -262,7 +378,22 @@ def main() -> None:
                           *[fmt.format(v) for v in vals],
                           fmt.format(float(np.mean(vals))), f"{r['mean_scoring_calls']:.1f}",
                           f"{r['mean_prompt_tokens']:.0f}", f"{r['users_per_s']:.2f}")
+        for b in baselines:
+            vals = [b[key][t] for t in TAX.type_names]
+            table.add_row(f"{b['scoring']} ({b['labels']})", "-", "-",
+                          *[fmt.format(v) for v in vals], fmt.format(float(np.mean(vals))),
+                          "-", "-", "-")
         console.print(table)
+    table = Table(title=f"What the profile lets a logistic regression recover, on the other "
+                  f"{others.num_rows} users outside its training rows (accuracy / info gain)")
+    for col in ["model", *short.values()]:
+        table.add_column(col, justify="right")
+    table.add_row("majority", *[f"{held_majority[t]:.2f}" for t in TAX.type_names])
+    for b in baselines:
+        table.add_row(f"{b['scoring']} ({b['labels']})",
+                      *[f"{b['held_out_accuracy'][t]:.2f} / {b['held_out_info_gain_nats'][t]:+.2f}"
+                        for t in TAX.type_names])
+    console.print(table)
     if compared is not None:
         table = Table(title=f"Teacher throughput, {compared['spec']} + entropy search, one run")
         for col in ("path", "users/s", "speed-up", "tokens/user", "calls/user", "same chains",
