@@ -103,10 +103,10 @@ class TeacherConfig(_Section):
                        "qwen2.5-coder-1.5b, gemma3-270m, 'tiny-random' or a local model folder")
     scoring: Literal["label", "calibrated", "channel", "chat", "factored"] = "calibrated"
     calibration: Literal["none", "content_free", "batch"] | None = Field(
-        None, description="None = the scoring mode's default (calibrated: content_free; chat and "
-        "factored: batch; label and channel: none)")
-    calibration_sample: int = Field(32, ge=1, description="covered profiles that batch "
-                                    "calibration averages over")
+        None, description="None = the scoring mode's default (calibrated, chat and factored: "
+        "batch; label and channel: none)")
+    calibration_sample: int = Field(32, ge=1, description="profiles batch calibration averages "
+                                    "over: the population's first N in id-hash order")
     few_shot: int = Field(0, ge=0, description="labelled users shown to the teacher before "
                           "every question, each with the outcome-bearing states its realised "
                           "outcome implies (quantile bins); drawn outside the coverage and the "

@@ -505,6 +505,7 @@ SPLIT_USES: dict[str, int] = {
     "ltv_val": 104729,        # trainers/ltv: the LTV model's early-stopping users
     "encoder_folds": 52711,   # benchmarks/encoder_text: the cross-fitting folds of covered users
     "few_shot": 611953,       # trainers/few_shot: which labelled users the teacher is shown
+    "calibration": 27644437,  # trainers/teach: the profiles batch calibration averages over
 }
 """Every split of users by id, and the offset its configured seed gets. Splits drawn with the
 same seed and the same offset are the same split: the coverage subset (the lowest hashes of each

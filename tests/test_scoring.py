@@ -66,8 +66,7 @@ def test_batch_calibration_needs_a_sample(tiny_backend) -> None:
 
 def test_content_free_calibrated_mode_is_unchanged(tiny_backend) -> None:
     """raw(profile) - raw(content-free), as the calibrated mode has always been defined."""
-    scorer = NodeScorer(tiny_backend, TAX, "calibrated")
-    assert scorer.calibration == "content_free"
+    scorer = NodeScorer(tiny_backend, TAX, "calibrated", "content_free")
     raw = tiny_backend.score_continuations(prompts.calibrated_prefix(PROFILES[0], TAX, []),
                                            prompts.description_continuations(TAX.types[0]))
     cf = tiny_backend.score_continuations(prompts.calibrated_content_free_prefix(TAX),

@@ -108,7 +108,7 @@ def _assert_same_chains(got: dict[int, dict], want: dict[int, dict], taxonomy, e
 
 @pytest.mark.parametrize("scoring,calibration,search,covered", [
     ("calibrated", "batch", "entropy", COVERED),
-    ("calibrated", None, "entropy", COVERED),  # content_free
+    ("calibrated", "content_free", "entropy", COVERED),
     ("channel", None, "greedy", 24),  # batched across users: other batch shapes with dedup
 ])
 def test_dedup_gives_every_user_the_chain_it_would_have_had(
@@ -252,7 +252,9 @@ class InterruptedBackend(TransformersBackend):
 def test_an_interrupted_run_resumes_with_every_user_exactly_once(repeated_population,
                                                                  tiny_backend):
     s = _settings()
-    dying = InterruptedBackend("tiny-random", device="cpu", interrupt_after=100)
+    # batch calibration's scoring calls (one per sample profile and type) come first
+    calibration = s.teacher.calibration_sample * len(s.taxonomy().types)
+    dying = InterruptedBackend("tiny-random", device="cpu", interrupt_after=calibration + 100)
     with pytest.raises(KeyboardInterrupt):
         teach(repeated_population, s, backend=dying, progress=False)
     out = teacher_layout(repeated_population)

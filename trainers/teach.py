@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from scaletot_features.data.io import (
 )
 from scaletot_features.dataset import (
     TEACHER_COST_COLUMNS, TEACHER_FAILURE_SCHEMA, DatasetLayout, TeacherLayout, evidence_column,
-    part_file, teacher_chain_schema,
+    hash_order, part_file, teacher_chain_schema,
 )
 from scaletot_features.llm.backend import BackendUsage, LLMBackend
 from scaletot_features.profile import FieldKind, ProfileSchema, ProfileStyle
@@ -134,13 +135,18 @@ def _profile_rows(data_dir: Path, user_ids: pa.Array) -> list[dict]:
     return rows.sort_by("user_id").to_pylist()
 
 
+MIN_BATCH_CALIBRATION = 8  # fewer profiles: the mean answer is mostly these users' own answers
+
+
 def calibration_sample(data_dir: Path, schema: ProfileSchema, size: int,
-                       style: ProfileStyle = "lines") -> list[str]:
-    """Profile texts batch calibration averages over: ``size`` covered users evenly spaced in
-    user-id order, the same for a resumed run (the whole coverage, not the users still to do)."""
-    ids = sorted(pq.read_table(teacher_layout(data_dir).coverage,
-                               columns=["user_id"]).column("user_id").to_pylist())
-    picked = sorted({ids[i] for i in np.linspace(0, len(ids) - 1, min(size, len(ids))).astype(int)})
+                       style: ProfileStyle = "lines", seed: int = 0) -> list[str]:
+    """Profile texts batch calibration averages over: the first ``size`` users of the whole
+    population in the seeded id-hash order. Drawn from the population, not the coverage, so
+    the offsets (and with them the chain cache's teacher key) stay the same when the coverage
+    grows or a run resumes, and they describe the users the teacher will serve."""
+    ids = read_table(DatasetLayout(data_dir).profiles, columns=["user_id"]).column("user_id")
+    ids = np.asarray(ids.to_numpy(zero_copy_only=False), dtype=np.int64)
+    picked = np.sort(ids[hash_order(ids, seed, "calibration")[:size]])
     return [schema.to_text(r, style) for r in _profile_rows(data_dir, pa.array(picked, pa.int64()))]
 
 
@@ -276,7 +282,8 @@ def teach(
             counts = _teach_users(data_dir, todo_ids, schema, taxonomy, cfg, tc, out,
                                   backend or make_backend(settings), progress,
                                   chain_cache_dir(data_dir, settings),
-                                  settings if tc.engine == "ray" else None, demonstrations)
+                                  settings if tc.engine == "ray" else None, demonstrations,
+                                  settings.coverage.seed)
     seconds = time.perf_counter() - t0
     report = teacher_audit(data_dir, settings, load_chains(data_dir)) if out.chains.exists() else {}
     return TeachSummary(selected=len(selected), skipped=len(done), seconds=seconds, audit=report,
@@ -292,7 +299,7 @@ def search_config(settings: Settings) -> SearchConfig:
 def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, taxonomy: Taxonomy,
                  cfg: SearchConfig, tc, out, backend: LLMBackend, progress: bool,
                  cache_dir: Path | None, ray_settings: Settings | None = None,
-                 demonstrations: str = "") -> Counter[str]:
+                 demonstrations: str = "", seed: int = 0) -> Counter[str]:
     """Teach ``todo_ids`` in checkpointed parts.
 
     A user's chain comes from, in order: the chain cache (an earlier run), a user of this run
@@ -311,7 +318,14 @@ def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, tax
     texts = [schema.to_text(r, tc.profile_style) for r in rows]
     check_prompt_length(scorer, backend, texts, taxonomy, tc.max_prompt_tokens)
     before, t_prime = backend.usage.snapshot(), time.perf_counter()
-    scorer.prime(calibration_sample(data_dir, schema, tc.calibration_sample, tc.profile_style))
+    sample = calibration_sample(data_dir, schema, tc.calibration_sample, tc.profile_style,
+                                seed)
+    if scorer.calibration == "batch" and len(sample) < MIN_BATCH_CALIBRATION:
+        print(f"teach: warning: batch calibration averages over {len(sample)} profiles (fewer "
+              f"than {MIN_BATCH_CALIBRATION}): it removes what those users share, so their "
+              "states say little; raise teacher.calibration_sample or set "
+              "teacher.calibration: content_free", file=sys.stderr, flush=True)
+    scorer.prime(sample)
     _add_calibration_cost(out.calibration, time.perf_counter() - t_prime,
                           backend.usage.snapshot() - before)
     description = teacher_description(backend, scorer, cfg, tc.profile_style, taxonomy)

@@ -12,6 +12,11 @@ log-probabilities over the values and an offset per state type is subtracted:
   the answer the model gives everyone is the one it is least informative about;
 - ``none``: no offset.
 
+Every mode but ``label`` and ``channel`` defaults to ``batch``: on the packaged 135M it measured
+at or above ``content_free`` on real incomes (job titles 0.188 against 0.178, all four loan
+fields 0.144 against -0.037) and carries half the synthetic states' information loss (-0.78
+against -1.67 nats; README, Teacher).
+
 ``factored`` asks about one profile line (one field) at a time, calibrates each line's answer,
 and adds the calibrated log-probabilities of the lines (a product of experts over a uniform
 prior), so one confusing field cannot swamp the others. Each distinct (type, line) is scored
@@ -42,7 +47,7 @@ SCORING_MODES: tuple[str, ...] = ("label", "calibrated", "channel", "chat", "fac
 Calibration = Literal["none", "content_free", "batch"]
 CALIBRATIONS: tuple[str, ...] = ("none", "content_free", "batch")
 DEFAULT_CALIBRATION: dict[str, str] = {
-    "label": "none", "calibrated": "content_free", "channel": "none", "chat": "batch",
+    "label": "none", "calibrated": "batch", "channel": "none", "chat": "batch",
     "factored": "batch",
 }
 
