@@ -59,27 +59,33 @@ def macro_f1(pred: list[str], truth: list[str], values: list[str]) -> float:
     return float(f1_score(truth, pred, labels=values, average="macro", zero_division=0))
 
 
+def gain_nats(proba: np.ndarray, truth: list[str], values: list[str],
+              prior: dict[str, float]) -> float:
+    """Mean of log p(true value) - log p_prior(true value) over distributions [n, values],
+    nats per user (p floored at 1e-6)."""
+    idx = [values.index(g) for g in truth]
+    p_true = np.maximum(proba[np.arange(len(idx)), idx], 1e-6)
+    return float(np.mean(np.log(p_true) - np.log([prior[g] for g in truth])))
+
+
 def info_gain(results, j: int, truth: list[str], prior: dict[str, float]) -> float:
-    """Mean of log p_teacher(true value) - log p_prior(true value), nats per user."""
-    values = TAX.types[j].value_names
-    gains = [np.log(max(r.chain.nodes[j].probs[values.index(g)], 1e-6)) - np.log(prior[g])
-             for r, g in zip(results, truth)]
-    return float(np.mean(gains))
+    """The teacher's :func:`gain_nats` on state type ``j`` of its chains."""
+    proba = np.array([r.chain.nodes[j].probs for r in results])
+    return gain_nats(proba, truth, TAX.types[j].value_names, prior)
 
 
 def scores(proba: np.ndarray, truth: list[str], values: list[str], prior: dict[str, float]) -> dict:
     """Accuracy, macro-F1 and information gain (nats) of predicted distributions [n, values]."""
     pred = [values[k] for k in proba.argmax(1)]
-    idx = np.array([values.index(g) for g in truth])
-    gain = np.log(np.maximum(proba[np.arange(len(idx)), idx], 1e-6)) - np.log([prior[g] for g in truth])
     return {"accuracy": float(np.mean([p == g for p, g in zip(pred, truth)])),
-            "macro_f1": macro_f1(pred, truth, values), "info_gain_nats": float(gain.mean())}
+            "macro_f1": macro_f1(pred, truth, values),
+            "info_gain_nats": gain_nats(proba, truth, values, prior)}
 
 
 def logistic_fit(x: np.ndarray, y: list[str], values: list[str], c: float | None = None):
-    """Multinomial logistic regression -> a function giving distributions over ``values``
-    (a value no training row holds gets 0, floored at 1e-6 when scored). ``c`` None: chosen by
-    3-fold CV over a coarse grid (finer grids cost minutes on 5,000 rows and moved nothing)."""
+    """Multinomial logistic regression -> (a function giving distributions over ``values``, its
+    C). A value no training row holds gets 0 (floored at 1e-6 when scored). ``c`` None: chosen
+    by 3-fold CV over a coarse grid (finer grids cost minutes on 5,000 rows and moved nothing)."""
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 
     present = sorted(set(y), key=values.index)
@@ -88,7 +94,7 @@ def logistic_fit(x: np.ndarray, y: list[str], values: list[str], c: float | None
             out = np.zeros((len(x_test), len(values)))
             out[:, values.index(present[0])] = 1.0
             return out
-        return constant
+        return constant, c
     if c is None and min(np.unique(y, return_counts=True)[1]) >= 3:
         model = LogisticRegressionCV(Cs=list(GRID_C), cv=3, max_iter=2000, scoring="neg_log_loss",
                                      l1_ratios=(0.0,), use_legacy_attributes=False).fit(x, y)
@@ -100,9 +106,7 @@ def logistic_fit(x: np.ndarray, y: list[str], values: list[str], c: float | None
         out = np.zeros((len(x_test), len(values)))
         out[:, cols] = model.predict_proba(x_test)
         return out
-    chosen = model.C_ if hasattr(model, "C_") else model.C
-    predict.c = float(np.atleast_1d(chosen)[0])  # type: ignore[attr-defined]
-    return predict
+    return predict, float(np.atleast_1d(model.C_ if hasattr(model, "C_") else model.C)[0])
 
 
 def supervised_baselines(x_others: np.ndarray, x_covered: np.ndarray,
@@ -127,7 +131,7 @@ def supervised_baselines(x_others: np.ndarray, x_covered: np.ndarray,
             for t in TAX.type_names:
                 values = TAX[t].value_names
                 y = np.array(truth_others[t])
-                fitted = logistic_fit(x_others[train], list(y[train]), values)
+                fitted, c = logistic_fit(x_others[train], list(y[train]), values)
                 run["covered"][t] = scores(fitted(x_covered), truth[t], values, prior[t])
                 if share < 1:
                     test = np.setdiff1d(np.arange(n), train)
@@ -136,8 +140,7 @@ def supervised_baselines(x_others: np.ndarray, x_covered: np.ndarray,
                     test = np.arange(n)
                     held = np.zeros((n, len(values)))
                     for tr, te in KFold(5, shuffle=True, random_state=seed).split(x_others):
-                        held[te] = logistic_fit(x_others[tr], list(y[tr]), values,
-                                                getattr(fitted, "c", None))(x_others[te])
+                        held[te] = logistic_fit(x_others[tr], list(y[tr]), values, c)[0](x_others[te])
                 run["held_out"][t] = scores(held, list(y[test]), values, prior[t])
             per_draw.append(run)
         row: dict = {"scoring": f"logistic {label}", "calibration": "-", "few_shot": 0,

@@ -144,10 +144,10 @@ def calibration_sample(data_dir: Path, schema: ProfileSchema, size: int,
     population in the seeded id-hash order. Drawn from the population, not the coverage, so
     the offsets (and with them the chain cache's teacher key) stay the same when the coverage
     grows or a run resumes, and they describe the users the teacher will serve."""
-    ids = read_table(DatasetLayout(data_dir).profiles, columns=["user_id"]).column("user_id")
-    ids = np.asarray(ids.to_numpy(zero_copy_only=False), dtype=np.int64)
-    picked = np.sort(ids[hash_order(ids, seed, "calibration")[:size]])
-    return [schema.to_text(r, style) for r in _profile_rows(data_dir, pa.array(picked, pa.int64()))]
+    profiles = read_table(DatasetLayout(data_dir).profiles)
+    ids = profiles.column("user_id").to_numpy(zero_copy_only=False)
+    picked = profiles.take(hash_order(ids, seed, "calibration")[:size]).sort_by("user_id")
+    return [schema.to_text(r, style) for r in picked.to_pylist()]
 
 
 def check_teacher_model(settings: Settings) -> None:
@@ -318,8 +318,8 @@ def _teach_users(data_dir: Path, todo_ids: list[int], schema: ProfileSchema, tax
     texts = [schema.to_text(r, tc.profile_style) for r in rows]
     check_prompt_length(scorer, backend, texts, taxonomy, tc.max_prompt_tokens)
     before, t_prime = backend.usage.snapshot(), time.perf_counter()
-    sample = calibration_sample(data_dir, schema, tc.calibration_sample, tc.profile_style,
-                                seed)
+    sample = (calibration_sample(data_dir, schema, tc.calibration_sample, tc.profile_style, seed)
+              if scorer.calibration == "batch" else [])
     if scorer.calibration == "batch" and len(sample) < MIN_BATCH_CALIBRATION:
         print(f"teach: warning: batch calibration averages over {len(sample)} profiles (fewer "
               f"than {MIN_BATCH_CALIBRATION}): it removes what those users share, so their "
